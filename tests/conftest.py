@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher, profiles
+
+from vemetric_auth import InMemoryKeyStore, KeyManager
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+class CountingHasher(PasswordHasher):
+    """The cheapest argon2 parameters, counting every hash and verification."""
+
+    def __init__(self, parameters: Any = profiles.CHEAPEST) -> None:
+        p = parameters
+        super().__init__(
+            time_cost=p.time_cost,
+            memory_cost=p.memory_cost,
+            parallelism=p.parallelism,
+            hash_len=p.hash_len,
+            salt_len=p.salt_len,
+            type=p.type,
+        )
+        self.verifications = 0
+        self.hashes = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.verifications += 1
+        return super().verify(hash, password)
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.hashes += 1
+        return super().hash(password, salt=salt)
+
+
+@pytest.fixture
+def hasher() -> CountingHasher:
+    return CountingHasher()
+
+
+@pytest.fixture
+def memory_store() -> InMemoryKeyStore:
+    return InMemoryKeyStore()
+
+
+@pytest.fixture
+def keys(memory_store: InMemoryKeyStore, hasher: CountingHasher) -> KeyManager:
+    return KeyManager(memory_store, hasher=hasher)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL server for the whole test session.
+
+    Under CI=true a missing server binary fails the tests that need it; elsewhere
+    they skip with the reason.
+    """
+    from pgserver import PostgresServer, find_pg_bin
+
+    if find_pg_bin() is None:
+        reason = "no PostgreSQL server binary (initdb, pg_ctl) found"
+        if IN_CI:
+            pytest.fail(reason + "; CI=true requires the PostgreSQL tests to run")
+        pytest.skip(reason)
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> str:
+    if not postgres_server.is_running():
+        postgres_server.start()
+    url: str = postgres_server.url
+    return url

@@ -1,0 +1,59 @@
+"""Vemetric-style API keys for Flask and any WSGI application.
+
+Keys look like ``vem_`` followed by 32 characters from ``[a-z0-9]``, are sent
+as ``Authorization: Bearer <key>``, are stored only as argon2id hashes, and
+each gives access to exactly one project.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AuthError,
+    DuplicatePrefix,
+    InvalidApiKey,
+    InvalidApiKeyFormat,
+    KeyNotFound,
+    MalformedAuthorizationHeader,
+    MissingApiKey,
+    StoreUnavailable,
+)
+from .keys import display_prefix, generate_key, is_valid_format
+from .manager import KeyManager
+from .middleware import ApiKeyMiddleware
+from .records import ApiKey, IssuedKey
+from .stores import InMemoryKeyStore, KeyStore
+
+if TYPE_CHECKING:
+    from .stores.sql import SQLKeyStore
+
+__all__ = [
+    "ApiKey",
+    "ApiKeyMiddleware",
+    "AuthError",
+    "DuplicatePrefix",
+    "InMemoryKeyStore",
+    "InvalidApiKey",
+    "InvalidApiKeyFormat",
+    "IssuedKey",
+    "KeyManager",
+    "KeyNotFound",
+    "KeyStore",
+    "MalformedAuthorizationHeader",
+    "MissingApiKey",
+    "SQLKeyStore",
+    "StoreUnavailable",
+    "display_prefix",
+    "generate_key",
+    "is_valid_format",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # SQLAlchemy is an extra: import it only when the SQL store is asked for.
+    if name == "SQLKeyStore":
+        from .stores.sql import SQLKeyStore
+
+        return SQLKeyStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,444 @@
+"""Creating, listing, revoking and authenticating API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+import unicodedata
+import uuid
+from collections import OrderedDict
+from datetime import datetime, timedelta, timezone
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from ._http import bearer_token
+from .errors import (
+    DuplicatePrefix,
+    InvalidApiKey,
+    InvalidApiKeyFormat,
+    KeyNotFound,
+    StoreUnavailable,
+)
+from .hashing import default_hasher
+from .keys import LOOKUP_PREFIX_LENGTH, generate_key, is_valid_format
+from .records import ApiKey, IssuedKey
+from .stores.base import KeyStore
+
+__all__ = ["KeyManager"]
+
+logger = logging.getLogger("vemetric_auth")
+
+MAX_NAME_LENGTH = 100
+MAX_ID_LENGTH = 255
+# A fresh key collides with a stored display prefix with a chance of about
+# n / 36**8 for n stored keys; ten draws in a row are never all taken.
+_CREATE_ATTEMPTS = 10
+_STRIPES = 64
+
+
+class KeyManager:
+    """Creates, lists, revokes and authenticates API keys kept in a store.
+
+    :param store: Where records and hashes live, any :class:`KeyStore`.
+    :param hasher: The :class:`argon2.PasswordHasher` new keys are hashed
+        with. ``None`` means :data:`vemetric_auth.hashing.DEFAULT_PARAMETERS`.
+        Hashes made with other parameters still verify, and are replaced by
+        one of this hasher's after their first successful verification.
+    :param cache_ttl: Seconds a verified key is served from memory before its
+        record is read again (one lookup, no argon2) to see whether it was
+        revoked elsewhere. ``0`` reads it on every request.
+    :param cache_size: How many verified keys are remembered, least recently
+        used first out.
+    :param max_verifications: How many argon2 computations may run at once;
+        ``None`` means the number of CPUs. Others wait their turn, which
+        bounds the memory a flood of wrong secrets can take. Cached keys
+        never wait.
+
+    .. code-block:: python
+
+        keys = KeyManager(InMemoryKeyStore())
+        issued = keys.create("proj_1", "Production dashboard")
+        print(issued.key)  # shown this once
+        record = keys.authenticate(issued.key)
+        assert record.project_id == "proj_1"
+
+    Security: the plaintext key is in the :class:`IssuedKey` that
+    :meth:`create` returns and nowhere else; stores see only its display
+    prefix and argon2 hash, and the cache of verified keys is indexed by a
+    SHA-256 digest of the key. Log records carry key ids and display
+    prefixes, never keys.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        hasher: PasswordHasher | None = None,
+        cache_ttl: float = 60.0,
+        cache_size: int = 10_000,
+        max_verifications: int | None = None,
+    ) -> None:
+        if isinstance(cache_ttl, bool) or not isinstance(cache_ttl, (int, float)):
+            raise TypeError("cache_ttl must be a number of seconds")
+        if not (math.isfinite(cache_ttl) and cache_ttl >= 0):
+            raise ValueError("cache_ttl must be a finite number of seconds, 0 or more")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int):
+            raise TypeError("cache_size must be an int")
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        if max_verifications is None:
+            max_verifications = os.cpu_count() or 1
+        if isinstance(max_verifications, bool) or not isinstance(
+            max_verifications, int
+        ):
+            raise TypeError("max_verifications must be an int")
+        if max_verifications < 1:
+            raise ValueError("max_verifications must be at least 1")
+        if hasher is not None and not isinstance(hasher, PasswordHasher):
+            raise TypeError("hasher must be an argon2.PasswordHasher")
+        self._store = store
+        self._hasher = default_hasher() if hasher is None else hasher
+        self._cache_ttl = float(cache_ttl)
+        self._cache = _VerifiedKeys(cache_size)
+        self._max_verifications = max_verifications
+        self._verifications = threading.BoundedSemaphore(max_verifications)
+        # Requests for one key wait for each other, so that a burst of
+        # first requests runs argon2 once.
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._clock_lock = threading.Lock()
+        self._last_created: datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"<KeyManager store={self._store!r} cache_ttl={self._cache_ttl}>"
+
+    @property
+    def store(self) -> KeyStore:
+        """The key store this manager reads and writes."""
+        return self._store
+
+    @property
+    def hasher(self) -> PasswordHasher:
+        """The argon2 hasher new keys are hashed with."""
+        return self._hasher
+
+    @property
+    def cache_ttl(self) -> float:
+        """Seconds a verified key is served before its record is read again."""
+        return self._cache_ttl
+
+    @property
+    def max_verifications(self) -> int:
+        """How many argon2 computations may run at once."""
+        return self._max_verifications
+
+    # -- management --------------------------------------------------------
+
+    def create(
+        self, project_id: str, name: str, *, created_by: str | None = None
+    ) -> IssuedKey:
+        """Create a key for *project_id* and return it with its record.
+
+        The plaintext is in the returned :attr:`IssuedKey.key` only: show it to
+        its owner once. *name* is stored trimmed.
+
+        :raises ValueError: an empty or over-long *project_id*, a *name* that is
+            empty or over 100 characters once trimmed or has control
+            characters, an over-long *created_by*. Nothing is stored.
+        :raises StoreUnavailable: the store failed; nothing was created.
+        """
+        project_id = _check_id(project_id, "project_id")
+        name = _check_name(name)
+        if created_by is not None:
+            created_by = _check_actor(created_by, "created_by")
+        created_at = self._creation_time()
+        for _ in range(_CREATE_ATTEMPTS):
+            key = generate_key()
+            record = ApiKey(
+                id=uuid.uuid4().hex,
+                project_id=project_id,
+                name=name,
+                prefix=key[:LOOKUP_PREFIX_LENGTH] + "...",
+                created_at=created_at,
+                created_by=created_by,
+            )
+            with self._verifications:
+                key_hash = self._hasher.hash(key)
+            try:
+                self._store.add(record, key_hash)
+            except DuplicatePrefix:
+                logger.info("prefix %s is taken, drawing another key", record.prefix)
+                continue
+            except Exception as exc:
+                logger.warning("key store failed while creating a key", exc_info=True)
+                raise StoreUnavailable() from exc
+            logger.info(
+                "created key %s (%s) for project %s",
+                record.id,
+                record.prefix,
+                record.project_id,
+            )
+            return IssuedKey(key=key, record=record)
+        raise StoreUnavailable(f"no free key prefix after {_CREATE_ATTEMPTS} attempts")
+
+    def list(self, project_id: str, *, include_revoked: bool = False) -> list[ApiKey]:
+        """Return the keys of *project_id*, newest first.
+
+        Revoked keys are left out unless *include_revoked*. An unknown project
+        has no keys: the result is ``[]``.
+
+        :raises ValueError: an empty *project_id*.
+        :raises StoreUnavailable: the store failed.
+        """
+        project_id = _check_id(project_id, "project_id")
+        try:
+            return self._store.list(project_id, include_revoked=include_revoked)
+        except Exception as exc:
+            logger.warning("key store failed while listing keys", exc_info=True)
+            raise StoreUnavailable() from exc
+
+    def get(self, key_id: str) -> ApiKey:
+        """Return the record *key_id*.
+
+        :raises KeyNotFound: no key has this id.
+        :raises StoreUnavailable: the store failed.
+        """
+        try:
+            record = self._store.get(key_id)
+        except Exception as exc:
+            logger.warning("key store failed while reading a key", exc_info=True)
+            raise StoreUnavailable() from exc
+        if record is None:
+            raise KeyNotFound(key_id)
+        return record
+
+    def revoke(self, key_id: str, *, revoked_by: str | None = None) -> ApiKey:
+        """Revoke *key_id* for good and return its record.
+
+        The key fails this manager's very next :meth:`authenticate`; other
+        processes sharing the store stop accepting it within :attr:`cache_ttl`
+        seconds. Revoking a revoked key changes nothing and returns its record
+        as it is.
+
+        :raises KeyNotFound: no key has this id.
+        :raises ValueError: an over-long *revoked_by*.
+        :raises StoreUnavailable: the store failed; the key may or may not be
+            revoked, and is re-checked on its next use here.
+        """
+        if revoked_by is not None:
+            revoked_by = _check_actor(revoked_by, "revoked_by")
+        # Forget the key before and after the write: a verification running
+        # meanwhile can not put it back (see _VerifiedKeys.put).
+        self._cache.forget(key_id)
+        try:
+            record = self._store.revoke(
+                key_id, revoked_at=_utcnow(), revoked_by=revoked_by
+            )
+        except Exception as exc:
+            logger.warning("key store failed while revoking a key", exc_info=True)
+            raise StoreUnavailable() from exc
+        finally:
+            self._cache.forget(key_id)
+        if record is None:
+            raise KeyNotFound(key_id)
+        logger.info("revoked key %s (%s)", record.id, record.prefix)
+        return record
+
+    # -- authentication ----------------------------------------------------
+
+    def authenticate(self, key: str) -> ApiKey:
+        """Return the record of *key* if it is a valid, active key.
+
+        :raises InvalidApiKeyFormat: *key* is not of the ``vem_`` format.
+        :raises InvalidApiKey: no active key matches.
+        :raises StoreUnavailable: the store failed and the key is not fresh in
+            the cache; nothing was verified.
+        """
+        if not is_valid_format(key):
+            raise InvalidApiKeyFormat()
+        return self._authenticate(key)
+
+    def authenticate_header(self, header: str | None) -> ApiKey:
+        """Return the record of the key an ``Authorization`` header carries.
+
+        This is the whole credential check of the HTTP contract.
+
+        :raises MissingApiKey, MalformedAuthorizationHeader, InvalidApiKeyFormat:
+            the header is absent or wrong; no store or hasher was used.
+        :raises InvalidApiKey: no active key matches.
+        :raises StoreUnavailable: the store failed.
+        """
+        return self._authenticate(bearer_token(header))
+
+    def _authenticate(self, key: str) -> ApiKey:
+        digest = hashlib.sha256(key.encode()).digest()
+        entry = self._cache.get(digest)
+        if entry is not None and time.monotonic() < entry[1]:
+            return entry[0]
+        with self._stripes[digest[0] % _STRIPES]:
+            entry = self._cache.get(digest)
+            if entry is None:
+                return self._verify(key, digest)
+            if time.monotonic() < entry[1]:
+                return entry[0]
+            return self._recheck(digest, entry[0])
+
+    def _verify(self, key: str, digest: bytes) -> ApiKey:
+        prefix = key[:LOOKUP_PREFIX_LENGTH] + "..."
+        generation = self._cache.generation
+        try:
+            found = self._store.find_by_prefix(prefix)
+        except Exception:
+            logger.warning("key store failed, answering 503", exc_info=True)
+            raise StoreUnavailable() from None
+        if found is None:
+            logger.info("rejected unknown key %s", prefix)
+            raise InvalidApiKey()
+        record, key_hash = found
+        if record.revoked_at is not None:
+            logger.info("rejected revoked key %s (%s)", record.id, prefix)
+            raise InvalidApiKey()
+        new_hash = None
+        with self._verifications:
+            try:
+                self._hasher.verify(key_hash, key)
+            except VerifyMismatchError:
+                logger.info("rejected wrong secret for key %s (%s)", record.id, prefix)
+                raise InvalidApiKey() from None
+            except (VerificationError, InvalidHashError):
+                logger.error("stored hash of key %s can not be verified", record.id)
+                raise InvalidApiKey() from None
+            if self._hasher.check_needs_rehash(key_hash):
+                new_hash = self._hasher.hash(key)
+        if new_hash is not None:
+            try:
+                self._store.set_hash(record.id, new_hash)
+            except Exception:
+                # The key is verified; a stale hash only costs a rehash later.
+                logger.warning("could not store the new hash of key %s", record.id)
+            else:
+                logger.info("rehashed key %s with the current parameters", record.id)
+        self._cache.put(digest, record, self._fresh_until(), generation)
+        logger.debug("authenticated key %s (%s)", record.id, prefix)
+        return record
+
+    def _recheck(self, digest: bytes, cached: ApiKey) -> ApiKey:
+        generation = self._cache.generation
+        try:
+            record = self._store.get(cached.id)
+        except Exception:
+            logger.warning("key store failed, answering 503", exc_info=True)
+            raise StoreUnavailable() from None
+        if record is None or record.revoked_at is not None:
+            self._cache.forget(cached.id)
+            logger.info("rejected revoked key %s (%s)", cached.id, cached.prefix)
+            raise InvalidApiKey()
+        self._cache.put(digest, record, self._fresh_until(), generation)
+        return record
+
+    def _fresh_until(self) -> float:
+        return time.monotonic() + self._cache_ttl
+
+    def _creation_time(self) -> datetime:
+        # Strictly increasing within a process, so "newest first" has no ties.
+        with self._clock_lock:
+            now = _utcnow()
+            if self._last_created is not None and now <= self._last_created:
+                now = self._last_created + timedelta(microseconds=1)
+            self._last_created = now
+            return now
+
+
+class _VerifiedKeys:
+    """Keys verified by this process: digest -> (record, monotonic deadline).
+
+    An LRU of bounded size, protected by a :class:`threading.Lock`. Indexed by
+    the key's SHA-256 digest, never the key; looking a digest up reveals
+    nothing of a key through timing, since the digest of a guess can not be
+    steered towards a stored one.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, tuple[ApiKey, float]] = OrderedDict()
+        self._digests: dict[str, bytes] = {}
+        #: Bumped by every :meth:`forget`; a put that started before one is
+        #: dropped, so a revocation can not be undone by a verification that
+        #: read the record before it.
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, digest: bytes) -> tuple[ApiKey, float] | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is not None:
+                self._entries.move_to_end(digest)
+            return entry
+
+    def put(
+        self, digest: bytes, record: ApiKey, fresh_until: float, generation: int
+    ) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            self._entries[digest] = (record, fresh_until)
+            self._entries.move_to_end(digest)
+            self._digests[record.id] = digest
+            while len(self._entries) > self._size:
+                _, (old, _) = self._entries.popitem(last=False)
+                self._digests.pop(old.id, None)
+
+    def forget(self, key_id: str) -> None:
+        with self._lock:
+            self.generation += 1
+            digest = self._digests.pop(key_id, None)
+            if digest is not None:
+                self._entries.pop(digest, None)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_id(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str")
+    if not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{what} must be at most {MAX_ID_LENGTH} characters")
+    if _has_control(value):
+        raise ValueError(f"{what} must not contain control characters")
+    return value
+
+
+def _check_name(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("name must be a str")
+    name = value.strip()
+    if not name:
+        raise ValueError("name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"name must be at most {MAX_NAME_LENGTH} characters, got {len(name)}"
+        )
+    if _has_control(name):
+        raise ValueError("name must not contain control characters")
+    return name
+
+
+def _check_actor(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str or None")
+    return _check_id(value, what)
+
+
+def _has_control(value: str) -> bool:
+    return any(unicodedata.category(char) == "Cc" for char in value)

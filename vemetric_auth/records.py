@@ -1,0 +1,71 @@
+"""The key record and the one-time result of creating a key."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+__all__ = ["ApiKey", "IssuedKey"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKey:
+    """What is known of an API key, never its secret nor its hash.
+
+    :param id: Opaque id of the record, not derived from the secret.
+    :param project_id: The one project the key gives access to.
+    :param name: What the key is for, 1 to 100 characters.
+    :param prefix: The display prefix, e.g. ``vem_a1b2c3d4...``.
+    :param created_at: When the key was created, timezone-aware UTC.
+    :param created_by: Who created it, if known.
+    :param revoked_at: When it was revoked; ``None`` while it is active.
+    :param revoked_by: Who revoked it, if known.
+    """
+
+    id: str
+    project_id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the key was revoked. A revoked key is never active again."""
+        return self.revoked_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as JSON-ready data, datetimes in ISO 8601 UTC."""
+        return {
+            "id": self.id,
+            "project_id": self.project_id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created_at": _iso(self.created_at),
+            "created_by": self.created_by,
+            "revoked_at": _iso(self.revoked_at),
+            "revoked_by": self.revoked_by,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A newly created key: the plaintext :attr:`key`, shown this once, and its record.
+
+    The key is left out of ``repr`` and ``str``, so logging this object never
+    writes the secret.
+    """
+
+    key: str = dataclasses.field(repr=False)
+    record: ApiKey
+
+    def __reduce__(self) -> Any:
+        # Pickling would carry the plaintext into caches and queues.
+        raise TypeError("an IssuedKey holds a secret and cannot be pickled")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()

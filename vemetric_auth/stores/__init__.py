@@ -1,0 +1,23 @@
+"""Key store backends and the protocol they follow."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DuplicatePrefix
+from .base import KeyStore
+from .memory import InMemoryKeyStore
+
+if TYPE_CHECKING:
+    from .sql import SQLKeyStore
+
+__all__ = ["DuplicatePrefix", "InMemoryKeyStore", "KeyStore", "SQLKeyStore"]
+
+
+def __getattr__(name: str) -> Any:
+    # SQLAlchemy is an extra: import it only when the SQL store is asked for.
+    if name == "SQLKeyStore":
+        from .sql import SQLKeyStore
+
+        return SQLKeyStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
