@@ -20,6 +20,7 @@ typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy vemetric_auth
 
 unit: $(VENV)/.test-installed
+	scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed

@@ -80,3 +80,51 @@ def postgres_url(postgres_server: Any) -> str:
         postgres_server.start()
     url: str = postgres_server.url
     return url
+
+
+class FlakyStore:
+    """Wraps a store; while ``failing`` is set every call raises ``OSError``.
+
+    ``calls`` counts the calls that reached it, by method name.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failing = False
+        self.calls: dict[str, int] = {}
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.failing:
+            raise OSError("key store is down")
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    def add(self, record: Any, key_hash: str) -> None:
+        self._call("add", record, key_hash)
+
+    def get(self, key_id: str) -> Any:
+        return self._call("get", key_id)
+
+    def find_by_prefix(self, prefix: str) -> Any:
+        return self._call("find_by_prefix", prefix)
+
+    def list(self, project_id: str, *, include_revoked: bool = False) -> Any:
+        return self._call("list", project_id, include_revoked=include_revoked)
+
+    def revoke(self, key_id: str, *, revoked_at: Any, revoked_by: Any) -> Any:
+        return self._call(
+            "revoke", key_id, revoked_at=revoked_at, revoked_by=revoked_by
+        )
+
+    def set_hash(self, key_id: str, key_hash: str) -> None:
+        self._call("set_hash", key_id, key_hash)
+
+
+@pytest.fixture
+def flaky_store(memory_store: InMemoryKeyStore) -> FlakyStore:
+    return FlakyStore(memory_store)
+
+
+@pytest.fixture
+def flaky_keys(flaky_store: FlakyStore, hasher: CountingHasher) -> KeyManager:
+    return KeyManager(flaky_store, hasher=hasher)

@@ -376,11 +376,15 @@ class _VerifiedKeys:
         return len(self._entries)
 
     def get(self, digest: bytes) -> tuple[ApiKey, float] | None:
-        with self._lock:
-            entry = self._entries.get(digest)
-            if entry is not None:
+        # Read without the lock: each OrderedDict operation is atomic under
+        # the GIL, and this is the per-request path. Writers hold the lock.
+        entry = self._entries.get(digest)
+        if entry is not None:
+            try:
                 self._entries.move_to_end(digest)
-            return entry
+            except KeyError:  # evicted by another thread in between
+                pass
+        return entry
 
     def put(
         self, digest: bytes, record: ApiKey, fresh_until: float, generation: int

@@ -235,3 +235,29 @@ class KeyStoreContract:
             thread.join()
         assert sorted(outcomes) == ["added"] + ["duplicate"] * 7
         assert len(store.list("proj_1")) == 1
+
+    def test_racing_revokes_return_the_same_record(self, store: KeyStore) -> None:
+        record = make_record()
+        store.add(record, "hash")
+        results: list[ApiKey | None] = []
+        barrier = threading.Barrier(8)
+
+        def revoke(n: int) -> None:
+            barrier.wait()
+            results.append(
+                store.revoke(
+                    record.id,
+                    revoked_at=_EPOCH + timedelta(seconds=n),
+                    revoked_by=str(n),
+                )
+            )
+
+        threads = [threading.Thread(target=revoke, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(results) == 8
+        assert all(result == results[0] for result in results)
+        assert results[0] is not None and results[0].revoked_at is not None
+        assert store.get(record.id) == results[0]

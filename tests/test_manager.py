@@ -1,0 +1,486 @@
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta, timezone
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher, profiles
+from conftest import CountingHasher, FlakyStore
+
+from vemetric_auth import (
+    InMemoryKeyStore,
+    InvalidApiKey,
+    InvalidApiKeyFormat,
+    KeyManager,
+    KeyNotFound,
+    StoreUnavailable,
+    generate_key,
+)
+from vemetric_auth.hashing import DEFAULT_PARAMETERS
+
+# -- construction ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        pytest.param({"cache_ttl": -1}, ValueError, id="negative-ttl"),
+        pytest.param({"cache_ttl": float("inf")}, ValueError, id="infinite-ttl"),
+        pytest.param({"cache_ttl": float("nan")}, ValueError, id="nan-ttl"),
+        pytest.param({"cache_ttl": "60"}, TypeError, id="str-ttl"),
+        pytest.param({"cache_size": 0}, ValueError, id="zero-cache"),
+        pytest.param({"cache_size": 1.5}, TypeError, id="float-cache"),
+        pytest.param({"max_verifications": 0}, ValueError, id="zero-verifications"),
+        pytest.param({"hasher": object()}, TypeError, id="not-a-hasher"),
+    ],
+)
+def test_bad_settings_are_refused_at_construction(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        KeyManager(InMemoryKeyStore(), **kwargs)
+
+
+def test_default_hasher_is_argon2id_with_the_documented_parameters() -> None:
+    keys = KeyManager(InMemoryKeyStore())
+    issued = keys.create("p1", "default")
+    _, stored = keys.store.find_by_prefix(issued.record.prefix)  # type: ignore[misc]
+    assert stored.startswith("$argon2id$v=19$m=8192,t=1,p=1$")
+    assert keys.hasher.memory_cost == DEFAULT_PARAMETERS.memory_cost
+    assert keys.max_verifications >= 1
+
+
+# -- create ---------------------------------------------------------------------
+
+
+def test_create_returns_the_key_once_and_stores_only_a_hash(
+    keys: KeyManager, memory_store: InMemoryKeyStore
+) -> None:
+    issued = keys.create("p1", "  Production dashboard  ", created_by="alice")
+    record = issued.record
+    assert record.project_id == "p1"
+    assert record.name == "Production dashboard"
+    assert record.created_by == "alice"
+    assert record.prefix == issued.key[:12] + "..."
+    assert record.revoked_at is None and record.revoked_by is None
+    assert record.created_at.tzinfo is not None
+    assert record.created_at.utcoffset() == timedelta(0)
+    assert issued.key[4:] not in record.id
+    found = memory_store.find_by_prefix(record.prefix)
+    assert found is not None
+    assert found[0] == record
+    assert found[1].startswith("$argon2id$")
+    assert issued.key not in found[1]
+
+
+@pytest.mark.parametrize(
+    ("project_id", "name", "created_by", "message"),
+    [
+        pytest.param("", "n", None, "project_id must not be empty", id="empty-project"),
+        pytest.param("  ", "n", None, "project_id must not be empty", id="blank-project"),
+        pytest.param("p" * 256, "n", None, "project_id must be at most", id="long-project"),
+        pytest.param("p1", "", None, "name must not be empty", id="empty-name"),
+        pytest.param("p1", " \t ", None, "name must not be empty", id="blank-name"),
+        pytest.param("p1", "x" * 101, None, "name must be at most 100", id="long-name"),
+        pytest.param("p1", "a\nb", None, "control characters", id="newline-name"),
+        pytest.param("p1", "n", "", "created_by must not be empty", id="empty-creator"),
+        pytest.param("p1", "n", "u" * 256, "created_by must be at most", id="long-creator"),
+    ],
+)
+def test_create_refuses_bad_input_and_stores_nothing(
+    keys: KeyManager,
+    memory_store: InMemoryKeyStore,
+    project_id: str,
+    name: str,
+    created_by: str | None,
+    message: str,
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        keys.create(project_id, name, created_by=created_by)
+    assert memory_store.list(project_id, include_revoked=True) == []
+    assert repr(memory_store) == "<InMemoryKeyStore keys=0>"
+
+
+def test_name_of_exactly_100_characters_after_trimming_is_accepted(
+    keys: KeyManager,
+) -> None:
+    assert keys.create("p1", " " + "x" * 100 + " ").record.name == "x" * 100
+
+
+def test_create_draws_again_on_a_prefix_collision(
+    keys: KeyManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = keys.create("p1", "first")
+    clash = first.key[:12] + "z" * 24
+    fresh = generate_key()
+    drawn = iter([clash, fresh])
+    monkeypatch.setattr("vemetric_auth.manager.generate_key", lambda: next(drawn))
+    second = keys.create("p2", "second")
+    assert second.key == fresh
+    assert {r.id for r in keys.list("p1")} == {first.record.id}
+    assert [r.id for r in keys.list("p2")] == [second.record.id]
+
+
+def test_create_gives_up_after_repeated_collisions_without_storing(
+    keys: KeyManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = keys.create("p1", "first")
+    monkeypatch.setattr(
+        "vemetric_auth.manager.generate_key", lambda: first.key[:12] + "z" * 24
+    )
+    with pytest.raises(StoreUnavailable):
+        keys.create("p2", "second")
+    assert keys.list("p2") == []
+
+
+def test_create_with_a_failing_store_raises_store_unavailable(
+    flaky_keys: KeyManager, flaky_store: FlakyStore
+) -> None:
+    flaky_store.failing = True
+    with pytest.raises(StoreUnavailable):
+        flaky_keys.create("p1", "n")
+    flaky_store.failing = False
+    assert flaky_keys.list("p1") == []
+
+
+# -- list / get / revoke -------------------------------------------------------
+
+
+def test_list_is_newest_first_and_per_project(keys: KeyManager) -> None:
+    made = [keys.create("p1", f"k{n}").record for n in range(5)]
+    keys.create("p2", "other")
+    assert keys.list("p1") == made[::-1]
+    assert keys.list("nobody") == []
+
+
+def test_list_hides_revoked_unless_asked(keys: KeyManager) -> None:
+    kept = keys.create("p1", "kept").record
+    gone = keys.revoke(keys.create("p1", "gone").record.id, revoked_by="bob")
+    assert keys.list("p1") == [kept]
+    assert keys.list("p1", include_revoked=True) == [gone, kept]
+
+
+def test_get_returns_the_record_or_raises_key_not_found(keys: KeyManager) -> None:
+    record = keys.create("p1", "n").record
+    assert keys.get(record.id) == record
+    with pytest.raises(KeyNotFound):
+        keys.get("missing")
+    assert issubclass(KeyNotFound, LookupError)
+
+
+def test_revoke_is_soft_and_final(keys: KeyManager) -> None:
+    issued = keys.create("p1", "n")
+    revoked = keys.revoke(issued.record.id, revoked_by="bob")
+    assert revoked.revoked_by == "bob"
+    assert revoked.revoked_at is not None
+    assert revoked.revoked_at.tzinfo == timezone.utc
+    assert keys.get(issued.record.id) == revoked
+    again = keys.revoke(issued.record.id, revoked_by="eve")
+    assert again == revoked
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(issued.key)
+
+
+def test_revoke_unknown_raises_key_not_found(keys: KeyManager) -> None:
+    with pytest.raises(KeyNotFound):
+        keys.revoke("missing")
+
+
+def test_revoking_through_the_manager_takes_effect_on_the_next_call(
+    keys: KeyManager,
+) -> None:
+    issued = keys.create("p1", "n")
+    assert keys.authenticate(issued.key) == issued.record  # now cached
+    keys.revoke(issued.record.id)
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(issued.key)
+
+
+# -- authenticate -----------------------------------------------------------------
+
+
+def test_authenticate_returns_the_record(keys: KeyManager) -> None:
+    issued = keys.create("p1", "n")
+    assert keys.authenticate(issued.key) == issued.record
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("vem_short", id="short"),
+        pytest.param("vem_" + "A" * 32, id="upper"),
+        pytest.param(" vem_" + "a" * 32, id="padded"),
+    ],
+)
+def test_authenticate_refuses_bad_format_without_the_store(
+    flaky_keys: KeyManager, flaky_store: FlakyStore, hasher: CountingHasher, key: str
+) -> None:
+    with pytest.raises(InvalidApiKeyFormat):
+        flaky_keys.authenticate(key)
+    assert flaky_store.calls == {}
+    assert hasher.verifications == 0
+
+
+def test_unknown_prefix_never_runs_argon2(
+    keys: KeyManager, hasher: CountingHasher
+) -> None:
+    keys.create("p1", "n")
+    for _ in range(50):
+        with pytest.raises(InvalidApiKey):
+            keys.authenticate(generate_key())
+    assert hasher.verifications == 0
+
+
+def test_wrong_secret_for_a_known_prefix_is_invalid_and_never_cached(
+    keys: KeyManager, hasher: CountingHasher
+) -> None:
+    issued = keys.create("p1", "n")
+    wrong = issued.key[:12] + ("a" if issued.key[12] != "a" else "b") + issued.key[13:]
+    for attempt in range(1, 4):
+        with pytest.raises(InvalidApiKey):
+            keys.authenticate(wrong)
+        assert hasher.verifications == attempt
+    assert keys.authenticate(issued.key) == issued.record
+
+
+def test_argon2_runs_once_for_10000_requests_with_one_key(
+    keys: KeyManager, hasher: CountingHasher
+) -> None:
+    issued = keys.create("p1", "n")
+    for _ in range(10_000):
+        keys.authenticate(issued.key)
+    assert hasher.verifications == 1
+
+
+def test_a_burst_of_first_requests_runs_argon2_once(
+    keys: KeyManager, hasher: CountingHasher
+) -> None:
+    issued = keys.create("p1", "n")
+    barrier = threading.Barrier(8)
+    results: list[Any] = []
+
+    def first_request() -> None:
+        barrier.wait()
+        results.append(keys.authenticate(issued.key))
+
+    threads = [threading.Thread(target=first_request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [issued.record] * 8
+    assert hasher.verifications == 1
+
+
+def test_revoked_key_is_refused_without_argon2(
+    keys: KeyManager, hasher: CountingHasher
+) -> None:
+    issued = keys.create("p1", "n")
+    keys.revoke(issued.record.id)
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(issued.key)
+    assert hasher.verifications == 0
+
+
+def test_cache_is_keyed_by_digest_never_the_key(keys: KeyManager) -> None:
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    cache = keys._cache  # the one place the test looks inside
+    assert len(cache) == 1
+    for stored in cache._entries:
+        assert isinstance(stored, bytes)
+        assert issued.key.encode() not in stored
+        assert issued.key[4:].encode() not in stored
+
+
+def test_cache_is_bounded_lru(memory_store: InMemoryKeyStore) -> None:
+    hasher = CountingHasher()
+    keys = KeyManager(memory_store, hasher=hasher, cache_size=2)
+    a, b, c = (keys.create("p1", name).key for name in "abc")
+    keys.authenticate(a)
+    keys.authenticate(b)
+    keys.authenticate(a)  # a is now the most recently used
+    keys.authenticate(c)  # evicts b
+    assert hasher.verifications == 3
+    keys.authenticate(a)
+    keys.authenticate(c)
+    assert hasher.verifications == 3
+    keys.authenticate(b)
+    assert hasher.verifications == 4
+    assert len(keys._cache) == 2
+
+
+def test_stale_entry_rechecks_the_store_without_argon2(
+    flaky_store: FlakyStore, hasher: CountingHasher
+) -> None:
+    keys = KeyManager(flaky_store, hasher=hasher, cache_ttl=0.05)
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    time.sleep(0.06)
+    gets_before = flaky_store.calls.get("get", 0)
+    assert keys.authenticate(issued.key) == issued.record
+    assert flaky_store.calls.get("get", 0) == gets_before + 1
+    assert hasher.verifications == 1
+
+
+def test_revocation_elsewhere_is_seen_within_the_ttl(
+    memory_store: InMemoryKeyStore, hasher: CountingHasher
+) -> None:
+    here = KeyManager(memory_store, hasher=hasher, cache_ttl=0.05)
+    elsewhere = KeyManager(memory_store, hasher=hasher, cache_ttl=0.05)
+    issued = here.create("p1", "n")
+    here.authenticate(issued.key)
+    elsewhere.revoke(issued.record.id)
+    time.sleep(0.06)
+    with pytest.raises(InvalidApiKey):
+        here.authenticate(issued.key)
+
+
+def test_store_failure_is_store_unavailable_never_invalid(
+    flaky_keys: KeyManager, flaky_store: FlakyStore
+) -> None:
+    issued = flaky_keys.create("p1", "n")
+    flaky_store.failing = True
+    with pytest.raises(StoreUnavailable) as info:
+        flaky_keys.authenticate(issued.key)
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
+    flaky_store.failing = False
+    assert flaky_keys.authenticate(issued.key) == issued.record
+
+
+def test_fresh_cached_key_is_served_while_the_store_is_down(
+    flaky_keys: KeyManager, flaky_store: FlakyStore
+) -> None:
+    issued = flaky_keys.create("p1", "n")
+    flaky_keys.authenticate(issued.key)
+    flaky_store.failing = True
+    assert flaky_keys.authenticate(issued.key) == issued.record
+
+
+def test_stale_cached_key_with_the_store_down_is_store_unavailable(
+    flaky_store: FlakyStore, hasher: CountingHasher
+) -> None:
+    keys = KeyManager(flaky_store, hasher=hasher, cache_ttl=0.01)
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    time.sleep(0.02)
+    flaky_store.failing = True
+    with pytest.raises(StoreUnavailable):
+        keys.authenticate(issued.key)
+    flaky_store.failing = False
+    assert keys.authenticate(issued.key) == issued.record
+
+
+def test_hashes_with_other_parameters_verify_and_are_rehashed(
+    memory_store: InMemoryKeyStore,
+) -> None:
+    old = KeyManager(memory_store, hasher=PasswordHasher.from_parameters(profiles.CHEAPEST))
+    issued = old.create("p1", "n")
+    new_hasher = CountingHasher(profiles.PRE_21_2)
+    new = KeyManager(memory_store, hasher=new_hasher)
+    assert new.authenticate(issued.key) == issued.record
+    _, stored = memory_store.find_by_prefix(issued.record.prefix)  # type: ignore[misc]
+    assert not new_hasher.check_needs_rehash(stored)
+    assert new_hasher.hashes == 1
+    fresh = KeyManager(memory_store, hasher=new_hasher)
+    fresh.authenticate(issued.key)
+    assert new_hasher.hashes == 1  # no second rehash
+
+
+def test_failing_rehash_write_still_authenticates(
+    flaky_store: FlakyStore, memory_store: InMemoryKeyStore
+) -> None:
+    old = KeyManager(memory_store, hasher=PasswordHasher.from_parameters(profiles.CHEAPEST))
+    issued = old.create("p1", "n")
+    new = KeyManager(flaky_store, hasher=CountingHasher(profiles.PRE_21_2))
+
+    def set_hash_fails(key_id: str, key_hash: str) -> None:
+        raise OSError("read-only replica")
+
+    flaky_store.set_hash = set_hash_fails  # type: ignore[method-assign]
+    assert new.authenticate(issued.key) == issued.record
+
+
+def test_corrupt_stored_hash_is_invalid_not_an_error(
+    keys: KeyManager, memory_store: InMemoryKeyStore
+) -> None:
+    issued = keys.create("p1", "n")
+    memory_store.set_hash(issued.record.id, "not-a-hash")
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(issued.key)
+
+
+def test_argon2_concurrency_stays_within_its_bound(
+    memory_store: InMemoryKeyStore,
+) -> None:
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    class SlowHasher(CountingHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            time.sleep(0.02)
+            with lock:
+                running -= 1
+            return super().verify(hash, password)
+
+    keys = KeyManager(memory_store, hasher=SlowHasher(), max_verifications=2)
+    issued = keys.create("p1", "n")
+    cached = keys.create("p1", "cached")
+    keys.authenticate(cached.key)
+    wrong = [issued.key[:12] + generate_key()[12:] for _ in range(16)]
+    served_during_flood: list[float] = []
+
+    def attack(key: str) -> None:
+        with pytest.raises(InvalidApiKey):
+            keys.authenticate(key)
+
+    threads = [threading.Thread(target=attack, args=(w,)) for w in wrong]
+    for thread in threads:
+        thread.start()
+    for _ in range(100):
+        started = time.perf_counter()
+        keys.authenticate(cached.key)
+        served_during_flood.append(time.perf_counter() - started)
+    for thread in threads:
+        thread.join()
+    assert peak == 2
+    # A cached key never waits for the argon2 queue (each verify sleeps 20 ms).
+    assert sorted(served_during_flood)[50] < 0.01
+
+
+# -- logging ---------------------------------------------------------------------
+
+
+def test_logs_name_ids_and_prefixes_never_keys(
+    flaky_keys: KeyManager, flaky_store: FlakyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vemetric_auth")
+    issued = flaky_keys.create("p1", "n")
+    flaky_keys.authenticate(issued.key)
+    wrong = issued.key[:12] + generate_key()[12:]
+    with pytest.raises(InvalidApiKey):
+        flaky_keys.authenticate(wrong)
+    with pytest.raises(InvalidApiKey):
+        flaky_keys.authenticate(generate_key())
+    flaky_keys.revoke(issued.record.id)
+    flaky_store.failing = True
+    with pytest.raises(StoreUnavailable):
+        flaky_keys.authenticate(issued.key)
+    text = caplog.text
+    assert issued.record.prefix in text
+    assert issued.record.id in text
+    for secret in (issued.key, wrong):
+        assert secret[12:] not in text
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings, "a store failure is logged at WARNING"
+    assert all(r.name == "vemetric_auth" for r in caplog.records)
