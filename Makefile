@@ -14,7 +14,7 @@ test: $(VENV)/.test-installed lint typecheck unit
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check vemetric_auth tests examples benchmarks
-	$(BIN)/ruff format --check vemetric_auth
+	$(BIN)/ruff format --check vemetric_auth tests examples benchmarks
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy vemetric_auth

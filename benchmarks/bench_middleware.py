@@ -11,9 +11,9 @@ import sys
 import time
 from typing import Any
 
+from _timing import interleaved_us
 from argon2 import PasswordHasher
 
-from _timing import interleaved_us
 from vemetric_auth import ApiKeyMiddleware, InMemoryKeyStore, KeyManager, generate_key
 from vemetric_auth.hashing import DEFAULT_PARAMETERS
 
@@ -56,13 +56,17 @@ def main() -> None:
     good = environ("Bearer " + issued.key)
     guarded(good, start_response)  # the one cold verification
 
-    print(f"python {sys.version.split()[0]}; batches of {number} calls, {repeat} rounds")
+    print(
+        f"python {sys.version.split()[0]}; batches of {number} calls, {repeat} rounds"
+    )
     print("\n== cached key: middleware over a bare WSGI app ==")
     result = interleaved_us(
         {
             "bare app": lambda: bare_app(good, start_response),
             "middleware": lambda: guarded(good, start_response),
-            "authenticate_header": lambda: keys.authenticate_header(good["HTTP_AUTHORIZATION"]),
+            "authenticate_header": lambda: keys.authenticate_header(
+                good["HTTP_AUTHORIZATION"]
+            ),
         },
         number=number,
         repeat=repeat,
@@ -82,7 +86,10 @@ def main() -> None:
     }
     small = max(number // 10, 500)
     timings = interleaved_us(
-        {name: (lambda env=env: guarded(env, start_response)) for name, env in cases.items()},
+        {
+            name: (lambda env=env: guarded(env, start_response))
+            for name, env in cases.items()
+        },
         number=small,
         repeat=repeat,
     )

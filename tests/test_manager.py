@@ -65,7 +65,8 @@ def test_create_returns_the_key_once_and_stores_only_a_hash(
     assert record.name == "Production dashboard"
     assert record.created_by == "alice"
     assert record.prefix == issued.key[:12] + "..."
-    assert record.revoked_at is None and record.revoked_by is None
+    assert record.revoked_at is None
+    assert record.revoked_by is None
     assert record.created_at.tzinfo is not None
     assert record.created_at.utcoffset() == timedelta(0)
     assert issued.key[4:] not in record.id
@@ -80,14 +81,20 @@ def test_create_returns_the_key_once_and_stores_only_a_hash(
     ("project_id", "name", "created_by", "message"),
     [
         pytest.param("", "n", None, "project_id must not be empty", id="empty-project"),
-        pytest.param("  ", "n", None, "project_id must not be empty", id="blank-project"),
-        pytest.param("p" * 256, "n", None, "project_id must be at most", id="long-project"),
+        pytest.param(
+            "  ", "n", None, "project_id must not be empty", id="blank-project"
+        ),
+        pytest.param(
+            "p" * 256, "n", None, "project_id must be at most", id="long-project"
+        ),
         pytest.param("p1", "", None, "name must not be empty", id="empty-name"),
         pytest.param("p1", " \t ", None, "name must not be empty", id="blank-name"),
         pytest.param("p1", "x" * 101, None, "name must be at most 100", id="long-name"),
         pytest.param("p1", "a\nb", None, "control characters", id="newline-name"),
         pytest.param("p1", "n", "", "created_by must not be empty", id="empty-creator"),
-        pytest.param("p1", "n", "u" * 256, "created_by must be at most", id="long-creator"),
+        pytest.param(
+            "p1", "n", "u" * 256, "created_by must be at most", id="long-creator"
+        ),
     ],
 )
 def test_create_refuses_bad_input_and_stores_nothing(
@@ -379,7 +386,9 @@ def test_stale_cached_key_with_the_store_down_is_store_unavailable(
 def test_hashes_with_other_parameters_verify_and_are_rehashed(
     memory_store: InMemoryKeyStore,
 ) -> None:
-    old = KeyManager(memory_store, hasher=PasswordHasher.from_parameters(profiles.CHEAPEST))
+    old = KeyManager(
+        memory_store, hasher=PasswordHasher.from_parameters(profiles.CHEAPEST)
+    )
     issued = old.create("p1", "n")
     new_hasher = CountingHasher(profiles.PRE_21_2)
     new = KeyManager(memory_store, hasher=new_hasher)
@@ -395,7 +404,9 @@ def test_hashes_with_other_parameters_verify_and_are_rehashed(
 def test_failing_rehash_write_still_authenticates(
     flaky_store: FlakyStore, memory_store: InMemoryKeyStore
 ) -> None:
-    old = KeyManager(memory_store, hasher=PasswordHasher.from_parameters(profiles.CHEAPEST))
+    old = KeyManager(
+        memory_store, hasher=PasswordHasher.from_parameters(profiles.CHEAPEST)
+    )
     issued = old.create("p1", "n")
     new = KeyManager(flaky_store, hasher=CountingHasher(profiles.PRE_21_2))
 

@@ -338,7 +338,9 @@ near_miss = st.builds(
 schemes = st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", "", "Bearer Bearer"])
 headers = st.one_of(
     latin1,
-    st.builds(lambda s, sp, t: s + sp + t, schemes, st.sampled_from([" ", "\t", "  "]), latin1),
+    st.builds(
+        lambda s, sp, t: s + sp + t, schemes, st.sampled_from([" ", "\t", "  "]), latin1
+    ),
     st.builds(lambda s, t: s + " " + t, schemes, near_miss),
     st.builds(
         lambda pad1, pad2: pad1 + "Bearer " + _issued.key + pad2,
@@ -354,7 +356,9 @@ def test_any_header_gets_a_documented_answer(header: str) -> None:
     environ_header = header.encode("latin-1").decode("latin-1")
     # WSGI servers hand the middleware the header value as they read it.
     before = len(_recorder.calls)
-    response = _client.get("/", environ_overrides={"HTTP_AUTHORIZATION": environ_header})
+    response = _client.get(
+        "/", environ_overrides={"HTTP_AUTHORIZATION": environ_header}
+    )
     if response.status_code == 200:
         assert len(_recorder.calls) == before + 1
         assert _recorder.calls[-1]["vemetric_auth.project_id"] == "proj_h"
@@ -385,4 +389,5 @@ def test_bearer_token_returns_a_key_or_raises_a_contract_error(
     except (MissingApiKey, MalformedAuthorizationHeader, InvalidApiKeyFormat):
         return
     assert is_valid_format(token)
-    assert header is not None and token in header
+    assert header is not None
+    assert token in header

@@ -10,8 +10,12 @@ import threading
 import time
 import unicodedata
 import uuid
+import weakref
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -39,6 +43,7 @@ MAX_ID_LENGTH = 255
 # n / 36**8 for n stored keys; ten draws in a row are never all taken.
 _CREATE_ATTEMPTS = 10
 _STRIPES = 64
+_T = TypeVar("_T")
 
 
 class KeyManager:
@@ -106,7 +111,7 @@ class KeyManager:
         self._cache_ttl = float(cache_ttl)
         self._cache = _VerifiedKeys(cache_size)
         self._max_verifications = max_verifications
-        self._verifications = threading.BoundedSemaphore(max_verifications)
+        self._argon2 = _Argon2Workers(max_verifications)
         # Requests for one key wait for each other, so that a burst of
         # first requests runs argon2 once.
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
@@ -166,8 +171,7 @@ class KeyManager:
                 created_at=created_at,
                 created_by=created_by,
             )
-            with self._verifications:
-                key_hash = self._hasher.hash(key)
+            key_hash = self._argon2.run(self._hasher.hash, key)
             try:
                 self._store.add(record, key_hash)
             except DuplicatePrefix:
@@ -302,18 +306,14 @@ class KeyManager:
         if record.revoked_at is not None:
             logger.info("rejected revoked key %s (%s)", record.id, prefix)
             raise InvalidApiKey()
-        new_hash = None
-        with self._verifications:
-            try:
-                self._hasher.verify(key_hash, key)
-            except VerifyMismatchError:
-                logger.info("rejected wrong secret for key %s (%s)", record.id, prefix)
-                raise InvalidApiKey() from None
-            except (VerificationError, InvalidHashError):
-                logger.error("stored hash of key %s can not be verified", record.id)
-                raise InvalidApiKey() from None
-            if self._hasher.check_needs_rehash(key_hash):
-                new_hash = self._hasher.hash(key)
+        try:
+            new_hash = self._argon2.run(self._check, key_hash, key)
+        except VerifyMismatchError:
+            logger.info("rejected wrong secret for key %s (%s)", record.id, prefix)
+            raise InvalidApiKey() from None
+        except (VerificationError, InvalidHashError):
+            logger.error("stored hash of key %s can not be verified", record.id)
+            raise InvalidApiKey() from None
         if new_hash is not None:
             try:
                 self._store.set_hash(record.id, new_hash)
@@ -325,6 +325,13 @@ class KeyManager:
         self._cache.put(digest, record, self._fresh_until(), generation)
         logger.debug("authenticated key %s (%s)", record.id, prefix)
         return record
+
+    def _check(self, key_hash: str, key: str) -> str | None:
+        """Verify *key* against *key_hash*; return a new hash if it needs one."""
+        self._hasher.verify(key_hash, key)
+        if self._hasher.check_needs_rehash(key_hash):
+            return self._hasher.hash(key)
+        return None
 
     def _recheck(self, digest: bytes, cached: ApiKey) -> ApiKey:
         generation = self._cache.generation
@@ -351,6 +358,38 @@ class KeyManager:
                 now = self._last_created + timedelta(microseconds=1)
             self._last_created = now
             return now
+
+
+class _Argon2Workers:
+    """Runs argon2 on at most *size* dedicated threads, callers waiting their turn.
+
+    Besides bounding how many computations run at once, keeping them on a few
+    threads bounds memory: the allocator keeps the memory an argon2 run used
+    in the arena of the thread that ran it, so argon2 on every request thread
+    of a busy server would pin memory_cost per request thread.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._executor = self._new_executor()
+        # A forked child (a pre-forking server) has none of the parent's
+        # threads: give it an executor of its own.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
+
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=self._size, thread_name_prefix="vemetric-auth-argon2"
+        )
+
+    def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return self._executor.submit(fn, *args).result()
+
+
+def _reset_after_fork(ref: weakref.ref[_Argon2Workers]) -> None:
+    workers = ref()
+    if workers is not None:
+        workers._executor = workers._new_executor()
 
 
 class _VerifiedKeys:
@@ -380,7 +419,8 @@ class _VerifiedKeys:
         # the GIL, and this is the per-request path. Writers hold the lock.
         entry = self._entries.get(digest)
         if entry is not None:
-            try:
+            # (try/except rather than contextlib.suppress: cheaper per request)
+            try:  # noqa: SIM105
                 self._entries.move_to_end(digest)
             except KeyError:  # evicted by another thread in between
                 pass

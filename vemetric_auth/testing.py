@@ -259,5 +259,6 @@ class KeyStoreContract:
             thread.join()
         assert len(results) == 8
         assert all(result == results[0] for result in results)
-        assert results[0] is not None and results[0].revoked_at is not None
+        assert results[0] is not None
+        assert results[0].revoked_at is not None
         assert store.get(record.id) == results[0]
