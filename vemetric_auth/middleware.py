@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ._http import error_response, validate_realm
+from ._http import ErrorAnswer, error_answers, validate_realm
 from .errors import AuthError
 from .manager import KeyManager
 
@@ -73,6 +73,7 @@ class ApiKeyMiddleware:
         self.exempt_paths = frozenset(exempt_paths)
         self.allow_options = allow_options
         self.retry_after = retry_after
+        self._answers = error_answers(realm=self.realm, retry_after=retry_after)
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -84,10 +85,12 @@ class ApiKeyMiddleware:
         try:
             record = self.keys.authenticate_header(environ.get("HTTP_AUTHORIZATION"))
         except AuthError as error:
-            response = error_response(
-                error, realm=self.realm, retry_after=self.retry_after
-            )
-            return response(environ, start_response)
+            answer = self._answers.get(type(error))
+            if answer is None:  # an AuthError subclass of the application's
+                answer = ErrorAnswer(
+                    error, realm=self.realm, retry_after=self.retry_after
+                )
+            return answer(environ, start_response)
         environ[API_KEY_ENVIRON_KEY] = record
         environ[PROJECT_ID_ENVIRON_KEY] = record.project_id
         return self.app(environ, start_response)
