@@ -1,0 +1,713 @@
+"""SQLKeyStore on SQLite and PostgreSQL: the contract, concurrency and faults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import CountingHasher
+from werkzeug.test import Client
+
+import vemetric_auth.manager
+from vemetric_auth import (
+    ApiKeyMiddleware,
+    DuplicatePrefix,
+    InvalidApiKey,
+    KeyManager,
+    KeyStore,
+    SQLKeyStore,
+    StoreUnavailable,
+    generate_key,
+)
+from vemetric_auth.stores.sql import DEFAULT_TABLE_NAME, create_table_sql
+from vemetric_auth.testing import KeyStoreContract, make_record
+
+WORKERS = str(Path(__file__).with_name("sql_workers.py"))
+POSTGRES = pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)
+BACKENDS = [pytest.param("sqlite", id="sqlite"), POSTGRES]
+
+MakeStore = Callable[..., SQLKeyStore]
+
+
+@pytest.fixture
+def table_name() -> str:
+    # Each test gets a table of its own on the session's PostgreSQL database.
+    return "k_" + uuid.uuid4().hex[:12]
+
+
+def _url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'keys.db'}"
+    if backend == "sqlite-memory":
+        return "sqlite://"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return _url(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def postgres_only_url(postgres_url: str) -> str:
+    return postgres_url
+
+
+@pytest.fixture
+def make_store(database_url: str, table_name: str) -> Iterator[MakeStore]:
+    """Build stores on this test's database and table; closed at teardown."""
+    stores: list[SQLKeyStore] = []
+
+    def make(url_or_engine: Any = None, **options: Any) -> SQLKeyStore:
+        options.setdefault("table_name", table_name)
+        store = SQLKeyStore(
+            database_url if url_or_engine is None else url_or_engine, **options
+        )
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def sql_store(make_store: MakeStore) -> SQLKeyStore:
+    return make_store()
+
+
+@pytest.fixture
+def engine_for(database_url: str) -> Iterator[Callable[..., sa.Engine]]:
+    """Plain SQLAlchemy engines on this test's database, disposed at teardown."""
+    engines: list[sa.Engine] = []
+
+    def make(**options: Any) -> sa.Engine:
+        engine = sa.create_engine(database_url, **options)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+class TestSQLKeyStoreContract(KeyStoreContract):
+    @pytest.fixture(
+        params=[
+            pytest.param("sqlite", id="sqlite"),
+            pytest.param("sqlite-memory", id="sqlite-memory"),
+            POSTGRES,
+        ]
+    )
+    def store(
+        self, request: pytest.FixtureRequest, tmp_path: Path, table_name: str
+    ) -> Iterator[KeyStore]:
+        store = SQLKeyStore(
+            _url(request.param, request, tmp_path), table_name=table_name
+        )
+        yield store
+        store.close()
+
+
+def _cheap_manager(store: KeyStore, **options: Any) -> KeyManager:
+    return KeyManager(store, hasher=CountingHasher(), **options)
+
+
+def _run_threads(target: Callable[[int], object], count: int) -> list[BaseException]:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            target(n)
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return errors
+
+
+def _pooled(engine: sa.Engine) -> int:
+    """How many connections wait in the engine's pool."""
+    pool = engine.pool
+    assert isinstance(pool, sa.pool.QueuePool)
+    return pool.checkedin()
+
+
+def _ok_app(environ: Any, start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["vemetric_auth.project_id"].encode()]
+
+
+def _get(app: ApiKeyMiddleware, key: str) -> Any:
+    return Client(app).get("/", headers={"Authorization": f"Bearer {key}"})
+
+
+# -- schema and records ------------------------------------------------------
+
+
+def test_datetimes_round_trip_as_utc_with_microseconds(sql_store: SQLKeyStore) -> None:
+    created = datetime(
+        2026, 3, 1, 23, 59, 58, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))
+    )
+    revoked = datetime(
+        2026, 3, 2, 1, 2, 3, 999999, tzinfo=timezone(timedelta(hours=-7))
+    )
+    record = dataclasses.replace(make_record(), created_at=created)
+    sql_store.add(record, "hash")
+    sql_store.revoke(record.id, revoked_at=revoked, revoked_by="bob")
+    got = sql_store.get(record.id)
+    assert got is not None
+    assert got.created_at == created
+    assert got.created_at.tzinfo is timezone.utc
+    assert got.created_at.microsecond == 123456
+    assert got.revoked_at == revoked
+    assert got.revoked_at is not None
+    assert got.revoked_at.tzinfo is timezone.utc
+    assert got.revoked_at.microsecond == 999999
+
+
+@pytest.mark.postgres
+def test_postgresql_session_time_zone_does_not_show(
+    postgres_url: str, table_name: str
+) -> None:
+    engine = sa.create_engine(
+        postgres_url, connect_args={"options": "-c timezone=Asia/Tokyo"}
+    )
+    try:
+        store = SQLKeyStore(engine, table_name=table_name)
+        record = make_record()
+        store.add(record, "hash")
+        got = store.get(record.id)
+        assert got == record
+        assert got is not None
+        assert got.created_at.tzinfo is timezone.utc
+    finally:
+        engine.dispose()
+
+
+def test_naive_datetimes_are_refused(sql_store: SQLKeyStore) -> None:
+    record = dataclasses.replace(make_record(), created_at=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        sql_store.add(record, "hash")
+    assert sql_store.get(record.id) is None
+
+
+def test_prefix_is_unique_in_the_schema(
+    sql_store: SQLKeyStore, engine_for: Callable[..., sa.Engine]
+) -> None:
+    record = make_record()
+    sql_store.add(record, "hash")
+    row = {
+        "id": uuid.uuid4().hex,
+        "project_id": "proj_2",
+        "name": "clash",
+        "prefix": record.prefix,
+        "hash": "hash",
+        "created_at": record.created_at,
+    }
+    with pytest.raises(sa.exc.IntegrityError), engine_for().begin() as connection:
+        connection.execute(sql_store.table.insert(), row)
+    inspector = sa.inspect(sql_store.engine)
+    unique = inspector.get_unique_constraints(sql_store.table.name)
+    assert [constraint["column_names"] for constraint in unique] == [["prefix"]]
+    indexes = inspector.get_indexes(sql_store.table.name)
+    assert ["project_id", "created_at"] in [index["column_names"] for index in indexes]
+
+
+def test_an_id_clash_is_not_a_duplicate_prefix(sql_store: SQLKeyStore) -> None:
+    record = make_record()
+    sql_store.add(record, "hash")
+    clash = dataclasses.replace(make_record(), id=record.id)
+    with pytest.raises(ValueError, match="id") as raised:
+        sql_store.add(clash, "hash")
+    assert not isinstance(raised.value, DuplicatePrefix)
+    assert sql_store.find_by_prefix(clash.prefix) is None
+
+
+def test_fields_at_their_maximum_lengths_are_held(sql_store: SQLKeyStore) -> None:
+    record = dataclasses.replace(
+        make_record("p" * 255, name="n" * 100, created_by="c" * 255),
+        id="i" * 255,
+    )
+    sql_store.add(record, "$argon2id$" + "h" * 500)
+    revoked = sql_store.revoke(
+        record.id, revoked_at=record.created_at, revoked_by="r" * 255
+    )
+    assert sql_store.get(record.id) == revoked
+    assert sql_store.list("p" * 255, include_revoked=True) == [revoked]
+
+
+def test_creating_the_schema_is_idempotent(make_store: MakeStore) -> None:
+    first = make_store()
+    first.create_table()
+    first.create_table()
+    second = make_store()
+    second.create_table()
+    record = make_record()
+    first.add(record, "hash")
+    assert second.get(record.id) == record
+    indexes = sa.inspect(second.engine).get_indexes(second.table.name)
+    assert [index["column_names"] for index in indexes if not index["unique"]] == [
+        ["project_id", "created_at"]
+    ]
+
+
+def test_threads_creating_the_schema_at_once(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(8)]
+    errors = _run_threads(lambda n: stores[n].create_table(), len(stores))
+    assert errors == []
+    record = make_record()
+    stores[0].add(record, "hash")
+    assert all(store.get(record.id) == record for store in stores)
+
+
+def test_creators_not_taking_turns_find_the_table_made_meanwhile(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What happens on databases other than SQLite and PostgreSQL: concurrent
+    # creators race, and those that lose carry on with the winner's table.
+    stores = [make_store() for _ in range(6)]
+    for store in stores:
+        monkeypatch.setattr(store, "_dialect_name", "another-database")
+    errors = _run_threads(lambda n: stores[n].create_table(), len(stores))
+    assert errors == []
+    record = make_record()
+    stores[0].add(record, "hash")
+    assert all(store.get(record.id) == record for store in stores)
+
+
+def test_a_long_table_name_gets_short_enough_index_names(
+    make_store: MakeStore,
+) -> None:
+    store = make_store(table_name="t" * 63)
+    record = make_record()
+    store.add(record, "hash")
+    assert store.find_by_prefix(record.prefix) == (record, "hash")
+
+
+def test_errors_do_not_show_the_hash(
+    sql_store: SQLKeyStore, engine_for: Callable[..., sa.Engine]
+) -> None:
+    sql_store.create_table()
+    with engine_for().begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE {sql_store.table.name}"))
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        sql_store.add(make_record(), "$argon2id$v=19$SECRET-HASH")
+    assert "SECRET-HASH" not in str(raised.value)
+    assert "SECRET-HASH" not in repr(raised.value)
+
+
+# -- construction ------------------------------------------------------------
+
+
+def test_repr_shows_no_password() -> None:
+    store = SQLKeyStore(
+        "postgresql+psycopg://app:s3cr3t@db.internal:5432/keys?password=hunter2"
+    )
+    assert repr(store) == (
+        "<SQLKeyStore postgresql+psycopg://app:***@db.internal:5432/keys"
+        " table='vemetric_api_keys'>"
+    )
+    assert "s3cr3t" not in repr(store)
+    assert "hunter2" not in repr(store)
+
+
+def test_building_a_store_does_not_connect() -> None:
+    # The table is made on first use: an application starts while its
+    # database is down, and answers 503 until it is back.
+    SQLKeyStore("postgresql+psycopg://app@127.0.0.1:1/keys").close()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        pytest.param({"table_name": ""}, ValueError, id="empty-table"),
+        pytest.param({"table_name": "keys; DROP"}, ValueError, id="sql-in-table"),
+        pytest.param({"table_name": "t" * 64}, ValueError, id="long-table"),
+        pytest.param({"table_name": 3}, TypeError, id="table-not-str"),
+        pytest.param({"connect_timeout": 0}, ValueError, id="zero-connect"),
+        pytest.param(
+            {"statement_timeout": float("inf")}, ValueError, id="infinite-statement"
+        ),
+        pytest.param({"statement_timeout": "5"}, TypeError, id="str-timeout"),
+        pytest.param({"connect_timeout": True}, TypeError, id="bool-timeout"),
+    ],
+)
+def test_bad_arguments_are_refused(arguments: dict[str, Any], error: type) -> None:
+    with pytest.raises(error):
+        SQLKeyStore("sqlite://", **arguments)
+
+
+def test_a_url_or_engine_is_required() -> None:
+    with pytest.raises(TypeError, match="URL or a SQLAlchemy Engine"):
+        SQLKeyStore(Path("keys.db"))  # type: ignore[arg-type]
+
+
+def test_timeouts_with_an_engine_are_refused() -> None:
+    engine = sa.create_engine("sqlite://")
+    try:
+        with pytest.raises(TypeError, match="configure your Engine"):
+            SQLKeyStore(engine, statement_timeout=1.0)
+    finally:
+        engine.dispose()
+
+
+def test_an_engine_passed_in_is_used_and_left_open(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
+    try:
+        with SQLKeyStore(engine, table_name="keys") as store:
+            assert store.engine is engine
+            store.add(make_record(), "hash")
+        assert _pooled(engine) == 1  # close() left the pool alone
+    finally:
+        engine.dispose()
+
+
+def test_built_engines_hide_parameters(sql_store: SQLKeyStore) -> None:
+    assert sql_store.engine.hide_parameters
+
+
+def test_closing_releases_connections_and_the_store_reconnects(
+    sql_store: SQLKeyStore,
+) -> None:
+    record = make_record()
+    sql_store.add(record, "hash")
+    assert _pooled(sql_store.engine) >= 1
+    sql_store.close()
+    assert _pooled(sql_store.engine) == 0
+    assert sql_store.get(record.id) == record
+
+
+def test_sqlite_files_use_wal(tmp_path: Path) -> None:
+    with SQLKeyStore(f"sqlite:///{tmp_path / 'keys.db'}") as store:
+        store.create_table()
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_closing_an_in_memory_database_starts_it_afresh() -> None:
+    with SQLKeyStore("sqlite://") as store:
+        store.add(make_record(), "hash")
+        store.close()
+        assert store.list("proj_1") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_use_the_parents_connections(tmp_path: Path) -> None:
+    with SQLKeyStore(f"sqlite:///{tmp_path / 'keys.db'}") as store:
+        record = make_record()
+        store.add(record, "hash")
+        assert _pooled(store.engine) == 1
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process that has threads.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            try:
+                fresh_pool = _pooled(store.engine) == 0
+                works = store.get(record.id) == record
+                os._exit(0 if fresh_pool and works else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get(record.id) == record
+
+
+def test_in_memory_sqlite_is_shared_by_threads() -> None:
+    with SQLKeyStore("sqlite://") as store:
+        keys = _cheap_manager(store)
+        errors = _run_threads(lambda n: keys.create("proj_1", f"key {n}"), 8)
+        assert errors == []
+        assert len(store.list("proj_1")) == 8
+
+
+def test_create_table_sql_documents_the_schema() -> None:
+    ddl = create_table_sql("postgresql")
+    assert ddl.startswith(f"CREATE TABLE {DEFAULT_TABLE_NAME} (")
+    assert "created_at TIMESTAMP WITH TIME ZONE NOT NULL" in ddl
+    assert f"CONSTRAINT {DEFAULT_TABLE_NAME}_prefix_key UNIQUE (prefix)" in ddl
+    assert f"ON {DEFAULT_TABLE_NAME} (project_id, created_at);" in ddl
+    assert "CREATE TABLE api_keys (" in create_table_sql("sqlite", "api_keys")
+    with pytest.raises(ValueError, match="dialect"):
+        create_table_sql("no-such-database")
+
+
+@pytest.mark.postgres
+def test_create_table_sql_is_what_the_store_creates(
+    postgres_url: str, table_name: str
+) -> None:
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(create_table_sql("postgresql", table_name))
+        with SQLKeyStore(engine, table_name=table_name) as store:
+            record = make_record()
+            store.add(record, "hash")
+            assert store.find_by_prefix(record.prefix) == (record, "hash")
+    finally:
+        engine.dispose()
+
+
+# -- concurrency -------------------------------------------------------------
+
+
+def test_threads_create_and_authenticate_through_one_manager(
+    sql_store: SQLKeyStore,
+) -> None:
+    keys = _cheap_manager(sql_store, cache_ttl=0)
+    created: list[str] = []
+
+    def work(n: int) -> None:
+        for i in range(8):
+            issued = keys.create("proj_1", f"key {n}-{i}")
+            assert keys.authenticate(issued.key) == issued.record
+            created.append(issued.record.id)
+
+    assert _run_threads(work, 10) == []
+    stored = [record.id for record in sql_store.list("proj_1")]
+    assert len(stored) == len(set(stored)) == 80
+    assert set(stored) == set(created)
+
+
+def test_racing_revokers_all_get_the_one_revocation(sql_store: SQLKeyStore) -> None:
+    record = make_record()
+    sql_store.add(record, "hash")
+    results: list[Any] = [None] * 8
+    base = datetime(2026, 2, 1, tzinfo=timezone.utc)
+
+    def revoke(n: int) -> None:
+        results[n] = sql_store.revoke(
+            record.id, revoked_at=base + timedelta(seconds=n), revoked_by=f"admin {n}"
+        )
+
+    assert _run_threads(revoke, len(results)) == []
+    assert results[0] is not None
+    assert results[0].revoked_at is not None
+    assert results == [results[0]] * len(results)
+    assert sql_store.get(record.id) == results[0]
+
+
+@pytest.mark.slow
+def test_processes_create_keys_on_an_empty_database(
+    database_url: str, table_name: str, make_store: MakeStore
+) -> None:
+    start_at = time.time() + 2.0
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                WORKERS,
+                "create",
+                database_url,
+                table_name,
+                "proj_1",
+                "10",
+                str(start_at),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    created: list[str] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        created.extend(json.loads(out))
+    stored = [record.id for record in make_store().list("proj_1")]
+    assert len(stored) == len(set(stored)) == 40
+    assert set(stored) == set(created)
+
+
+def test_a_prefix_collision_at_creation_draws_again(
+    sql_store: SQLKeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = _cheap_manager(sql_store)
+    first = keys.create("proj_1", "first")
+    # Same display prefix as the stored key, another secret.
+    colliding = first.key[:12] + generate_key()[12:]
+    draws = iter([colliding])
+    monkeypatch.setattr(
+        vemetric_auth.manager,
+        "generate_key",
+        lambda: next(draws, None) or generate_key(),
+    )
+    second = keys.create("proj_1", "second")
+    assert second.key != colliding
+    assert second.record.prefix != first.record.prefix
+    assert {record.id for record in sql_store.list("proj_1")} == {
+        first.record.id,
+        second.record.id,
+    }
+    assert keys.authenticate(first.key) == first.record
+    assert keys.authenticate(second.key) == second.record
+
+
+# -- revocation across managers and processes --------------------------------
+
+
+def test_revocation_is_seen_by_another_manager_within_cache_ttl(
+    make_store: MakeStore,
+) -> None:
+    here = _cheap_manager(make_store(), cache_ttl=0.2)
+    there = _cheap_manager(make_store(), cache_ttl=0.2)
+    issued = here.create("proj_1", "shared")
+    assert there.authenticate(issued.key) == issued.record
+    here.revoke(issued.record.id, revoked_by="alice")
+    with pytest.raises(InvalidApiKey):
+        here.authenticate(issued.key)
+    time.sleep(0.25)
+    with pytest.raises(InvalidApiKey):
+        there.authenticate(issued.key)
+
+
+@pytest.mark.slow
+def test_revocation_in_another_process_is_seen_within_cache_ttl(
+    database_url: str, table_name: str, make_store: MakeStore
+) -> None:
+    keys = _cheap_manager(make_store(), cache_ttl=0.2)
+    issued = keys.create("proj_1", "shared")
+    assert keys.authenticate(issued.key) == issued.record
+    done = subprocess.run(
+        [sys.executable, WORKERS, "revoke", database_url, table_name, issued.record.id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["revoked_by"] == "worker"
+    time.sleep(0.25)
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(issued.key)
+
+
+# -- faults ------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_postgresql_down_is_503_and_recovers_by_itself(
+    postgres_server: Any, postgres_url: str, table_name: str
+) -> None:
+    store = SQLKeyStore(postgres_url, table_name=table_name, connect_timeout=2)
+    try:
+        keys = _cheap_manager(store, cache_ttl=60)
+        app = ApiKeyMiddleware(_ok_app, keys)
+        cached = keys.create("proj_1", "used before the outage")
+        assert keys.authenticate(cached.key) == cached.record
+        fresh = keys.create("proj_1", "first used during the outage")
+
+        postgres_server.stop()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                keys.authenticate(fresh.key)
+            response = _get(app, fresh.key)
+            assert time.monotonic() - started < 10
+            assert response.status_code == 503
+            assert response.headers["Retry-After"]
+            assert response.json == {
+                "error": {
+                    "code": "SERVICE_UNAVAILABLE",
+                    "message": "Authentication is temporarily unavailable",
+                }
+            }
+            # A key this process verified recently is still served.
+            assert keys.authenticate(cached.key) == cached.record
+            assert _get(app, cached.key).status_code == 200
+        finally:
+            postgres_server.start()
+
+        # The same store and manager recover without being rebuilt.
+        assert keys.authenticate(fresh.key) == fresh.record
+        assert _get(app, fresh.key).status_code == 200
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_locked_table_is_503_within_the_statement_timeout(
+    postgres_url: str, table_name: str
+) -> None:
+    store = SQLKeyStore(postgres_url, table_name=table_name, statement_timeout=0.5)
+    locker = sa.create_engine(postgres_url)
+    try:
+        keys = _cheap_manager(store)
+        app = ApiKeyMiddleware(_ok_app, keys)
+        issued = keys.create("proj_1", "locked out")
+        with locker.connect() as connection, connection.begin():
+            connection.exec_driver_sql(
+                f"LOCK TABLE {table_name} IN ACCESS EXCLUSIVE MODE"
+            )
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                keys.authenticate(issued.key)
+            assert 0.4 < time.monotonic() - started < 3
+            started = time.monotonic()
+            assert _get(app, issued.key).status_code == 503
+            assert time.monotonic() - started < 3
+        assert _get(app, issued.key).status_code == 200
+    finally:
+        locker.dispose()
+        store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_server_that_never_answers_is_503_within_the_connect_timeout() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts TCP connections, never says a word
+        port = silent.getsockname()[1]
+        url = f"postgresql+psycopg://app@127.0.0.1:{port}/keys"
+        with SQLKeyStore(url, connect_timeout=1) as store:
+            keys = _cheap_manager(store)
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                keys.authenticate(generate_key())
+            assert time.monotonic() - started < 5
+
+
+def test_a_sqlite_write_lock_is_waited_for_a_bounded_time(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    with SQLKeyStore(f"sqlite:///{path}", statement_timeout=0.3) as store:
+        keys = _cheap_manager(store)
+        issued = keys.create("proj_1", "before the lock")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                keys.create("proj_1", "during the lock")
+            assert 0.25 < time.monotonic() - started < 3
+            # WAL: readers are not held up by the writer.
+            assert keys.authenticate(issued.key) == issued.record
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert keys.create("proj_1", "after the lock").record.name == "after the lock"
