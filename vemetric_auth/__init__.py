@@ -7,6 +7,7 @@ each gives access to exactly one project.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -27,6 +28,9 @@ from .stores import InMemoryKeyStore, KeyStore
 
 if TYPE_CHECKING:
     from .stores.sql import SQLKeyStore
+
+# A library's logger stays silent until the application configures logging.
+logging.getLogger("vemetric_auth").addHandler(logging.NullHandler())
 
 __all__ = [
     "ApiKey",

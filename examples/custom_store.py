@@ -1,0 +1,195 @@
+"""A key store of your own: every record and hash in one JSON file.
+
+A backend is any class with the six methods of ``vemetric_auth.KeyStore``; it
+imports nothing private, and proves itself with the contract tests the
+shipped stores pass (``tests/test_examples.py`` runs them on this one)::
+
+    import pytest
+    from vemetric_auth.testing import KeyStoreContract
+    from custom_store import JSONFileKeyStore
+
+    class TestJSONFileKeyStore(KeyStoreContract):
+        @pytest.fixture
+        def store(self, tmp_path):
+            return JSONFileKeyStore(tmp_path / "keys.json")
+
+Use it like any store, e.g. behind the middleware of ``wsgi_app.py``::
+
+    keys = KeyManager(JSONFileKeyStore("keys.json"))
+    app = ApiKeyMiddleware(app, keys)
+
+    curl -i -H "Authorization: Bearer vem_..." http://127.0.0.1:8000/
+
+Run this file to try it: ``python examples/custom_store.py keys.json``
+creates a key in ``keys.json`` and checks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from vemetric_auth import ApiKey, DuplicatePrefix
+
+_FORMAT_VERSION = 1
+
+
+class JSONFileKeyStore:
+    """Keeps key records and their argon2 hashes in a JSON file.
+
+    Thread-safe: every method runs under one :class:`threading.Lock`, and a
+    change is written to a temporary file that then replaces the old one
+    (:func:`os.replace`), so the file is never seen half-written, even after
+    a crash. The memory copy changes only once the file did: a failed write
+    raises (the request is answered ``503``) and changes nothing.
+
+    For one process: two processes writing the same file would lose each
+    other's changes. Share keys between processes with ``SQLKeyStore``.
+
+    :param path: The JSON file; created on the first change if missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        # id -> (record, hash); the file is read once, then kept in sync.
+        self._entries: dict[str, tuple[ApiKey, str]] = self._read()
+
+    def __repr__(self) -> str:
+        return f"<JSONFileKeyStore {str(self._path)!r}>"
+
+    # -- the KeyStore protocol --------------------------------------------
+
+    def add(self, record: ApiKey, key_hash: str) -> None:
+        """Store a new record; :class:`DuplicatePrefix` if its prefix is taken."""
+        with self._lock:
+            if any(r.prefix == record.prefix for r, _ in self._entries.values()):
+                raise DuplicatePrefix(f"a key with prefix {record.prefix} exists")
+            if record.id in self._entries:
+                raise ValueError(f"a key with id {record.id!r} exists")
+            self._commit({**self._entries, record.id: (record, key_hash)})
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """Return the record *key_id*, or ``None`` if there is none."""
+        with self._lock:
+            entry = self._entries.get(key_id)
+        return None if entry is None else entry[0]
+
+    def find_by_prefix(self, prefix: str) -> tuple[ApiKey, str] | None:
+        """Return the record with this display prefix and its hash, or ``None``."""
+        with self._lock:
+            # A scan: fine for the few hundred keys a file holds.
+            for record, key_hash in self._entries.values():
+                if record.prefix == prefix:
+                    return record, key_hash
+        return None
+
+    def list(self, project_id: str, *, include_revoked: bool = False) -> list[ApiKey]:
+        """Return the project's records newest first; ``[]`` if it has none."""
+        with self._lock:
+            found = [
+                record
+                for record, _ in self._entries.values()
+                if record.project_id == project_id
+                and (include_revoked or record.revoked_at is None)
+            ]
+        found.sort(key=lambda record: record.created_at, reverse=True)
+        return found
+
+    def revoke(
+        self, key_id: str, *, revoked_at: datetime, revoked_by: str | None
+    ) -> ApiKey | None:
+        """Revoke *key_id* once; return the stored record, or ``None`` if unknown."""
+        with self._lock:
+            entry = self._entries.get(key_id)
+            if entry is None:
+                return None
+            record, key_hash = entry
+            if record.revoked_at is not None:
+                return record
+            record = dataclasses.replace(
+                record, revoked_at=revoked_at, revoked_by=revoked_by
+            )
+            self._commit({**self._entries, key_id: (record, key_hash)})
+            return record
+
+    def set_hash(self, key_id: str, key_hash: str) -> None:
+        """Replace the hash of *key_id*; nothing happens if it is unknown."""
+        with self._lock:
+            entry = self._entries.get(key_id)
+            if entry is not None:
+                self._commit({**self._entries, key_id: (entry[0], key_hash)})
+
+    # -- the file -----------------------------------------------------------
+
+    def _read(self) -> dict[str, tuple[ApiKey, str]]:
+        try:
+            text = self._path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        document = json.loads(text)
+        if document.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"{self._path}: not a key file of version 1")
+        entries = {}
+        for item in document["keys"]:
+            record = _record_from_dict(item["record"])
+            entries[record.id] = (record, item["hash"])
+        return entries
+
+    def _commit(self, entries: dict[str, tuple[ApiKey, str]]) -> None:
+        document = {
+            "version": _FORMAT_VERSION,
+            "keys": [
+                {"record": record.to_dict(), "hash": key_hash}
+                for record, key_hash in entries.values()
+            ],
+        }
+        # mkstemp makes the file readable by its owner only: it holds hashes.
+        fd, temporary = tempfile.mkstemp(
+            dir=self._path.parent, prefix=self._path.name, suffix=".tmp"
+        )
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(document, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self._path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        self._entries = entries
+
+
+def _record_from_dict(data: dict[str, Any]) -> ApiKey:
+    def moment(value: str | None) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+    created_at = moment(data["created_at"])
+    assert created_at is not None
+    return ApiKey(
+        id=data["id"],
+        project_id=data["project_id"],
+        name=data["name"],
+        prefix=data["prefix"],
+        created_at=created_at,
+        created_by=data["created_by"],
+        revoked_at=moment(data["revoked_at"]),
+        revoked_by=data["revoked_by"],
+    )
+
+
+if __name__ == "__main__":
+    from vemetric_auth import KeyManager
+
+    path = sys.argv[1] if len(sys.argv) > 1 else "keys.json"
+    keys = KeyManager(JSONFileKeyStore(path))
+    issued = keys.create("proj_demo", "custom store demo")
+    print(issued.key)
+    print(f"{path}: {keys.authenticate(issued.key)}")

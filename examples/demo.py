@@ -1,0 +1,113 @@
+"""What ``make demo`` runs: a demo project and key, then the API of flask_app.py.
+
+On the embedded SQLite store (``VEMETRIC_AUTH_DATABASE_URL``, default
+``sqlite:///vemetric_auth.db`` in the working directory) it creates the project
+``proj_demo`` unless it exists, a new API key for it, and a second key that it
+revokes at once; prints the key and a ``curl`` line for the success case and
+for each of the four ``401`` errors; then serves ``examples/flask_app.py`` on
+``127.0.0.1:5000`` with werkzeug until Ctrl+C::
+
+    python examples/demo.py            # or: make demo
+    python examples/demo.py 8080       # another port; PORT=8080 works too
+
+Run it again for another key: the project is reused. List and revoke keys
+meanwhile with ``vemetric-auth list --project proj_demo`` from the same
+directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flask_app import auth, create_app, projects
+
+PROJECT_ID = "proj_demo"
+DEFAULT_PORT = 5000
+
+
+@dataclass(frozen=True)
+class Demo:
+    """What :func:`setup` made: the new key, a revoked one, and their project."""
+
+    project_id: str
+    key: str
+    key_id: str
+    revoked_key: str
+
+    def __repr__(self) -> str:
+        # The keys stay out of any repr.
+        return f"Demo(project_id={self.project_id!r}, key_id={self.key_id!r})"
+
+
+def setup(app: Flask) -> Demo:
+    """Create the demo project unless it exists, a new key, and a revoked key."""
+    with app.app_context():
+        projects().add(PROJECT_ID, "Demo project", "demo.example")
+        keys = auth.keys_for(app)
+        issued = keys.create(PROJECT_ID, "Demo key", created_by="make demo")
+        revoked = keys.create(PROJECT_ID, "Demo key, revoked", created_by="make demo")
+        keys.revoke(revoked.record.id, revoked_by="make demo")
+    return Demo(PROJECT_ID, issued.key, issued.record.id, revoked.key)
+
+
+def curl_lines(demo: Demo, base_url: str) -> list[str]:
+    """Return commented ``curl`` lines: success, the four 401s, the exempt path."""
+    url = base_url + "/v1/project"
+
+    def curl(comment: str, header: str | None, target: str = url) -> list[str]:
+        command = ["curl", "-i"]
+        if header is not None:
+            command += ["-H", header]
+        return [f"# {comment}", shlex.join([*command, target])]
+
+    return [
+        *curl("200: the project of the key", f"Authorization: Bearer {demo.key}"),
+        *curl("401 Missing API key", None),
+        *curl(
+            "401 Malformed Authorization header", "Authorization: Basic ZGVtbzpkZW1v"
+        ),
+        *curl("401 Invalid API key format", "Authorization: Bearer vem_not_a_key"),
+        *curl(
+            "401 Invalid or revoked API key (a key revoked just now)",
+            f"Authorization: Bearer {demo.revoked_key}",
+        ),
+        *curl("200 without a key: an exempt route", None, base_url + "/health"),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Set up the demo, print how to call it, and serve until Ctrl+C."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    port = int(args[0] if args else os.environ.get("PORT", DEFAULT_PORT))
+    app = create_app()
+    demo = setup(app)
+    base_url = f"http://127.0.0.1:{port}"
+    print(f"Key store: {app.config['VEMETRIC_AUTH_DATABASE_URL']}")
+    print(f"Project:   {demo.project_id}")
+    print(f"API key:   {demo.key}   (shown this once; id {demo.key_id})")
+    print()
+    print("Try, in another terminal:")
+    print()
+    for line in curl_lines(demo, base_url):
+        print("  " + line)
+    print()
+    print(f"Manage keys: vemetric-auth list --project {demo.project_id}")
+    print()
+    sys.stdout.flush()
+
+    from werkzeug.serving import run_simple
+
+    run_simple("127.0.0.1", port, app, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""A small Vemetric-like API on Flask: ``GET /v1/project``, the key's project.
+
+Projects live in a ``projects`` table of the same database as the keys
+(``VEMETRIC_AUTH_DATABASE_URL``, default ``sqlite:///vemetric_auth.db`` in the
+working directory). ``python examples/demo.py`` sets everything up and serves
+this app; by hand, from the repository root::
+
+    export FLASK_APP=examples/flask_app.py
+    flask add-project proj_demo "Demo" demo.example
+    flask vemetric-auth create --project proj_demo --name curl
+    flask run
+
+    curl -i -H "Authorization: Bearer vem_..." http://127.0.0.1:5000/v1/project
+    curl -i http://127.0.0.1:5000/v1/project         # 401 Missing API key
+    curl -i http://127.0.0.1:5000/health             # exempt
+
+A key whose project is deleted from the table is refused as
+``Invalid or revoked API key``: the project loader returns ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+from flask import Blueprint, Flask, current_app, g
+from flask.cli import with_appcontext
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    select,
+)
+
+from vemetric_auth.flask import VemetricAuth
+
+# The extension holds no app: one instance serves every app create_app makes.
+auth = VemetricAuth()
+api = Blueprint("api", __name__)
+
+_metadata = MetaData()
+projects_table = Table(
+    "projects",
+    _metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("domain", String(253), nullable=False),
+    Column("token", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("first_event_at", String(32), nullable=True),
+    Column("has_public_dashboard", Boolean, nullable=False, default=False),
+    Column("excluded_ips", JSON, nullable=False, default=list),
+    Column("excluded_countries", JSON, nullable=False, default=list),
+)
+
+
+class Projects:
+    """The host application's projects, in a table beside the keys."""
+
+    def __init__(self, database_url: str) -> None:
+        self.engine: Engine = create_engine(database_url)
+        _metadata.create_all(self.engine)
+        # Hold no connection open: a server that forks (gunicorn --preload)
+        # must not share one between processes.
+        self.engine.dispose()
+
+    def get(self, project_id: str) -> dict[str, Any] | None:
+        """Return the project as the API shows it, or ``None`` if there is none."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(projects_table).where(projects_table.c.id == project_id)
+            ).first()
+        if row is None:
+            return None
+        return {
+            "id": row.id,
+            "name": row.name,
+            "domain": row.domain,
+            "token": row.token,
+            "createdAt": row.created_at,
+            "firstEventAt": row.first_event_at,
+            "hasPublicDashboard": row.has_public_dashboard,
+            "excludedIps": row.excluded_ips,
+            "excludedCountries": row.excluded_countries,
+        }
+
+    def add(self, project_id: str, name: str, domain: str) -> dict[str, Any]:
+        """Create the project unless it exists; return it as stored."""
+        existing = self.get(project_id)
+        if existing is not None:
+            return existing
+        with self.engine.begin() as connection:
+            connection.execute(
+                projects_table.insert().values(
+                    id=project_id,
+                    name=name,
+                    domain=domain,
+                    # The public tracking token of a Vemetric project: not a
+                    # secret, and nothing like an API key.
+                    token=secrets.token_hex(16),
+                    created_at=_iso_now(),
+                )
+            )
+        project = self.get(project_id)
+        assert project is not None
+        return project
+
+    def delete(self, project_id: str) -> None:
+        """Delete the project; its keys are then refused."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                projects_table.delete().where(projects_table.c.id == project_id)
+            )
+
+
+def _iso_now() -> str:
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def projects() -> Projects:
+    """The projects of the current app."""
+    found: Projects = current_app.extensions["flask_app.projects"]
+    return found
+
+
+@auth.project_loader
+def load_project(project_id: str) -> dict[str, Any] | None:
+    # None when the project is gone: the key is then refused (401).
+    return projects().get(project_id)
+
+
+@api.get("/v1/project")
+def get_project() -> dict[str, Any]:
+    """Vemetric's "Get project": the project of the API key, and only that one."""
+    return {"project": g.project}
+
+
+@api.get("/health")
+@auth.exempt
+def health() -> dict[str, str]:
+    """Liveness check, served without a key."""
+    return {"status": "ok"}
+
+
+@click.command("add-project")
+@click.argument("project_id")
+@click.argument("name")
+@click.argument("domain")
+@with_appcontext
+def add_project_command(project_id: str, name: str, domain: str) -> None:
+    """Create a project (if missing) to create keys for."""
+    project = projects().add(project_id, name, domain)
+    click.echo(f"project {project['id']}: {project['name']} ({project['domain']})")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Return the API app; *config* overrides the defaults and the environment."""
+    app = Flask(__name__)
+    app.config["VEMETRIC_AUTH_DATABASE_URL"] = os.environ.get(
+        "VEMETRIC_AUTH_DATABASE_URL", "sqlite:///vemetric_auth.db"
+    )
+    app.config["VEMETRIC_AUTH_EXEMPT_ENDPOINTS"] = ["static"]
+    if config is not None:
+        app.config.update(config)
+    auth.init_app(app)
+    app.extensions["flask_app.projects"] = Projects(
+        app.config["VEMETRIC_AUTH_DATABASE_URL"]
+    )
+    app.register_blueprint(api)
+    app.cli.add_command(add_project_command)
+    return app
+
+
+if __name__ == "__main__":
+    create_app().run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")))

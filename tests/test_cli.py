@@ -1,0 +1,392 @@
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from vemetric_auth import ApiKey, KeyManager, SQLKeyStore, is_valid_format
+from vemetric_auth.cli import cli, main
+
+KEY_PATTERN = re.compile(r"vem_[a-z0-9]{32}")
+RECORD_FIELDS = [field.name for field in ApiKey.__dataclass_fields__.values()]
+SCRIPT = Path(sys.executable).parent / "vemetric-auth"
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "keys.db"
+
+
+@pytest.fixture
+def run(database: Path) -> Any:
+    """Run ``vemetric-auth --database-url <tmp db> ARGS...`` in-process."""
+
+    def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
+        environment: dict[str, str | None] = {"VEMETRIC_AUTH_DATABASE_URL": None}
+        environment.update(env or {})
+        return CliRunner().invoke(
+            cli, ["--database-url", f"sqlite:///{database}", *args], env=environment
+        )
+
+    return run
+
+
+def stored(database: Path, project_id: str) -> list[ApiKey]:
+    store = SQLKeyStore(f"sqlite:///{database}")
+    try:
+        return store.list(project_id, include_revoked=True)
+    finally:
+        store.close()
+
+
+def create_json(run: Any, project: str = "proj_1", name: str = "CI") -> dict[str, Any]:
+    result = run("create", "--project", project, "--name", name, "--json")
+    assert result.exit_code == 0, result.output
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_create_prints_the_key_once_and_its_record(run: Any, database: Path) -> None:
+    result = run(
+        "create", "--project", "proj_1", "--name", " Prod dash ", "--created-by", "al"
+    )
+    assert result.exit_code == 0
+    assert result.stderr == ""
+    keys = KEY_PATTERN.findall(result.stdout)
+    assert len(keys) == 1
+    (record,) = stored(database, "proj_1")
+    assert keys[0].startswith(record.prefix[:-3])
+    for expected in (record.id, "proj_1", "Prod dash", record.prefix, "al", "active"):
+        assert expected in result.stdout
+    # The key works.
+    keys_manager = KeyManager(SQLKeyStore(f"sqlite:///{database}"))
+    try:
+        assert keys_manager.authenticate(keys[0]) == record
+    finally:
+        keys_manager.store.close()  # type: ignore[attr-defined]
+
+
+def test_create_json_is_one_document_of_key_and_record(
+    run: Any, database: Path
+) -> None:
+    document = create_json(run)
+    assert list(document) == ["key", "record"]
+    assert is_valid_format(document["key"])
+    record = document["record"]
+    assert list(record) == RECORD_FIELDS
+    (stored_record,) = stored(database, "proj_1")
+    assert record == stored_record.to_dict()
+    created_at = datetime.fromisoformat(record["created_at"])
+    assert created_at.utcoffset() == timedelta(0)
+    assert (record["revoked_at"], record["revoked_by"], record["created_by"]) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_list_is_a_table_newest_first_without_revoked(run: Any) -> None:
+    old = create_json(run, name="old key")["record"]
+    new = create_json(run, name="new key")["record"]
+    gone = create_json(run, name="gone key")["record"]
+    assert run("revoke", gone["id"]).exit_code == 0
+    create_json(run, project="proj_2", name="other project")
+
+    result = run("list", "--project", "proj_1")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "NAME",
+        "PREFIX",
+        "CREATED",
+        "CREATED",
+        "BY",
+        "STATUS",
+    ]
+    assert [line.split()[0] for line in lines[1:]] == [new["id"], old["id"]]
+    assert "new key" in lines[1]
+    assert new["prefix"] in lines[1]
+    assert lines[1].rstrip().endswith("active")
+    assert not KEY_PATTERN.search(result.stdout)
+
+    everything = run("list", "--project", "proj_1", "--all")
+    rows = everything.stdout.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == [gone["id"], new["id"], old["id"]]
+    assert rows[0].rstrip().endswith("revoked")
+
+
+def test_list_json_is_an_array_of_records(run: Any) -> None:
+    old = create_json(run, name="old")["record"]
+    new = create_json(run, name="new")["record"]
+    result = run("list", "--project", "proj_1", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == [new, old]
+    empty = run("list", "--project", "nobody", "--json")
+    assert json.loads(empty.stdout) == []
+
+
+def test_list_of_an_empty_project_says_so(run: Any) -> None:
+    result = run("list", "--project", "nobody")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "No active API keys for project nobody.\n",
+    )
+
+
+def test_revoke_prints_the_record_and_is_idempotent(run: Any, database: Path) -> None:
+    record = create_json(run)["record"]
+    result = run("revoke", record["id"], "--revoked-by", "bob")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("API key revoked.\n")
+    assert "revoked" in result.stdout
+    assert "by bob" in result.stdout
+    again = run("revoke", record["id"], "--revoked-by", "eve")
+    assert again.exit_code == 0
+    assert again.stdout.startswith("API key was already revoked; nothing changed.\n")
+    assert "by bob" in again.stdout
+    (revoked,) = stored(database, "proj_1")
+    assert revoked.revoked_by == "bob"
+
+
+def test_revoke_json_is_one_record(run: Any) -> None:
+    record = create_json(run)["record"]
+    result = run("revoke", record["id"], "--json")
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert list(document) == RECORD_FIELDS
+    assert document["id"] == record["id"]
+    assert datetime.fromisoformat(document["revoked_at"]).utcoffset() == timedelta(0)
+
+
+def assert_one_line_error(result: Result, exit_code: int, message: str) -> None:
+    assert result.exit_code == exit_code, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ")
+    assert result.stderr.endswith("\n")
+    assert result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "message"),
+    [
+        pytest.param(
+            ["create", "--project", "p"], 2, "Missing option '--name'", id="no-name"
+        ),
+        pytest.param(
+            ["create", "--name", "n"], 2, "Missing option '--project'", id="no-project"
+        ),
+        pytest.param(
+            ["create", "--project", "p", "--name", "  "],
+            2,
+            "name must not be empty",
+            id="blank-name",
+        ),
+        pytest.param(
+            ["create", "--project", "p", "--name", "x" * 101],
+            2,
+            "at most 100",
+            id="long-name",
+        ),
+        pytest.param(
+            ["create", "--project", " ", "--name", "n"],
+            2,
+            "project_id must not be empty",
+            id="blank-project",
+        ),
+        pytest.param(
+            ["create", "--project", "p", "--name", "a\x07b"],
+            2,
+            "control characters",
+            id="control-char",
+        ),
+        pytest.param(
+            ["create", "--project", "p", "--name", "n", "--bogus"],
+            2,
+            "No such option",
+            id="bad-option",
+        ),
+        pytest.param(["list"], 2, "Missing option '--project'", id="list-no-project"),
+        pytest.param(["revoke"], 2, "Missing argument 'KEY_ID'", id="revoke-no-id"),
+        pytest.param(["frobnicate"], 2, "No such command", id="bad-command"),
+        pytest.param(
+            ["revoke", "no-such-id"], 1, "no API key 'no-such-id'", id="unknown-id"
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    run: Any, database: Path, args: list[str], exit_code: int, message: str
+) -> None:
+    result = run(*args)
+    assert_one_line_error(result, exit_code, message)
+    if exit_code == 2:
+        # Refused before the store was opened: not even the file exists.
+        assert not database.exists()
+
+
+def test_bad_input_leaves_an_existing_store_unchanged(run: Any, database: Path) -> None:
+    record = create_json(run)["record"]
+    for args in (
+        ["create", "--project", "proj_1", "--name", ""],
+        ["create", "--project", "proj_1", "--name", "n", "--created-by", "x" * 300],
+        ["revoke", "nope", "--revoked-by", "bob"],
+    ):
+        assert run(*args).exit_code != 0
+    assert [key.to_dict() for key in stored(database, "proj_1")] == [record]
+
+
+def test_a_pasted_key_is_refused_without_being_echoed(run: Any) -> None:
+    key = create_json(run)["key"]
+    result = run("revoke", key)
+    assert_one_line_error(result, 2, "is an API key, not a key id")
+    assert key not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "exit_code", "message"),
+    [
+        pytest.param("not a url", 2, "Could not parse", id="unparsable"),
+        pytest.param("nosuchdb://x/y", 2, "Can't load plugin", id="unknown-dialect"),
+        pytest.param(
+            "sqlite:////nonexistent/dir/keys.db",
+            1,
+            "the key store failed: (sqlite3.OperationalError) unable to open",
+            id="unopenable-file",
+        ),
+    ],
+)
+def test_unusable_store_is_one_line(url: str, exit_code: int, message: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["--database-url", url, "list", "--project", "p"], env={}
+    )
+    assert_one_line_error(result, exit_code, message)
+
+
+def test_database_url_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "from-env.db"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        cli,
+        ["create", "--project", "p", "--name", "n"],
+        env={"VEMETRIC_AUTH_DATABASE_URL": f"sqlite:///{database}"},
+    )
+    assert result.exit_code == 0
+    assert len(stored(database, "p")) == 1
+    assert not (tmp_path / "vemetric_auth.db").exists()
+
+
+def test_default_store_is_vemetric_auth_db_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        cli,
+        ["create", "--project", "p", "--name", "n"],
+        env={"VEMETRIC_AUTH_DATABASE_URL": None},
+    )
+    assert result.exit_code == 0
+    assert len(stored(tmp_path / "vemetric_auth.db", "p")) == 1
+
+
+def test_the_key_reaches_no_log_and_no_stderr(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    result = run("create", "--project", "p", "--name", "n")
+    (key,) = KEY_PATTERN.findall(result.stdout)
+    assert run("revoke", key).exit_code == 2
+    assert caplog.records  # the manager did log
+    assert key not in caplog.text
+    assert key[12:] not in caplog.text
+    assert result.stderr == ""
+
+
+def test_help_works_without_a_store(database: Path) -> None:
+    for args in ([], ["create"], ["list"], ["revoke"]):
+        result = CliRunner().invoke(
+            cli, ["--database-url", "not a url", *args, "--help"]
+        )
+        assert result.exit_code == 0
+        assert "Usage:" in result.stdout
+    assert not database.exists()
+
+
+def test_main_exits_with_the_status(database: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--database-url", f"sqlite:///{database}", "list", "--project", "p"])
+    assert exited.value.code == 0
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEMETRIC_AUTH_")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param([sys.executable, "-m", "vemetric_auth"], id="python-m"),
+        pytest.param([str(SCRIPT)], id="console-script"),
+    ],
+)
+def test_the_command_runs_as_a_program(command: list[str], tmp_path: Path) -> None:
+    if not Path(command[0]).exists():
+        pytest.skip("the console script is not installed")
+    created = subprocess.run(
+        [*command, "create", "--project", "p", "--name", "n", "--json"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (created.returncode, created.stderr) == (0, "")
+    assert is_valid_format(json.loads(created.stdout)["key"])
+    assert (tmp_path / "vemetric_auth.db").exists()
+    failed = subprocess.run(
+        [*command, "revoke", "nope"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (failed.returncode, failed.stdout) == (1, "")
+    assert failed.stderr == "Error: no API key 'nope'\n"
+
+
+def test_unreachable_postgres_is_one_line_and_quick(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "vemetric_auth", "list", "--project", "p"],
+        cwd=tmp_path,
+        env=subprocess_env(
+            VEMETRIC_AUTH_DATABASE_URL="postgresql+psycopg://u:s3cret@127.0.0.1:1/x"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: the key store failed: ")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
+    assert elapsed < 15

@@ -1,0 +1,423 @@
+"""Flask integration: every route of an app needs an API key unless exempt.
+
+.. code-block:: python
+
+    from flask import Flask, g
+    from vemetric_auth.flask import VemetricAuth
+
+    app = Flask(__name__)
+    app.config["VEMETRIC_AUTH_DATABASE_URL"] = "sqlite:///vemetric_auth.db"
+    auth = VemetricAuth(app)
+
+    @auth.project_loader
+    def load_project(project_id):
+        return Project.query.get(project_id)   # None: the key is refused
+
+    @app.get("/v1/project")
+    def project():
+        return {"project": g.project.to_dict()}
+
+    @app.get("/health")
+    @auth.exempt
+    def health():
+        return {"ok": True}
+
+The credential check is the one of :class:`~vemetric_auth.ApiKeyMiddleware`
+(:meth:`~vemetric_auth.KeyManager.authenticate_header`), and its errors are
+the same responses, made by the same function.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+import click
+from flask import Blueprint, Flask, Request, current_app, g, request
+from flask.cli import with_appcontext
+from werkzeug.wrappers import Response
+
+from ._http import error_response, validate_realm
+from .cli import COMMANDS, DEFAULT_DATABASE_URL, CommandGroup, use_keys
+from .errors import AuthError, InvalidApiKey
+from .manager import KeyManager
+from .middleware import API_KEY_ENVIRON_KEY, PROJECT_ID_ENVIRON_KEY
+
+__all__ = ["VemetricAuth"]
+
+_logger = logging.getLogger("vemetric_auth")
+
+#: The ``app.extensions`` entry of the extension's per-app state.
+EXTENSION_NAME = "vemetric_auth"
+# Set on view functions by VemetricAuth.exempt. functools.wraps copies a
+# function's __dict__, so the mark survives decorators stacked above it.
+_EXEMPT_MARK = "_vemetric_auth_exempt"
+
+_View = TypeVar("_View", bound=Callable[..., Any])
+_Loader = TypeVar("_Loader", bound=Callable[[str], Any])
+
+
+class VemetricAuth:
+    """Require ``Authorization: Bearer <key>`` on every route of a Flask app.
+
+    Once registered, every request needs a valid, active key, including
+    requests that match no route (they get their ``404`` or ``405`` only
+    with a key, so routes can not be probed without one). Exceptions:
+    ``OPTIONS`` requests (CORS preflight, unless ``VEMETRIC_AUTH_ALLOW_OPTIONS``
+    is false), views marked :meth:`exempt`, and the paths and endpoints listed
+    in ``VEMETRIC_AUTH_EXEMPT_PATHS`` and ``VEMETRIC_AUTH_EXEMPT_ENDPOINTS``.
+
+    A request let through finds ``g.api_key`` (the
+    :class:`~vemetric_auth.ApiKey`), ``g.project_id`` (str) and ``g.project``
+    (what the :meth:`project_loader` returned, or the project id without
+    one), and the environ entries ``vemetric_auth.api_key`` and
+    ``vemetric_auth.project_id`` the middleware sets. Exempt requests find
+    none of them: use ``g.get("project")`` in a view that may be exempt.
+
+    Refused requests get the responses of the HTTP contract: ``401`` with the
+    JSON body and ``WWW-Authenticate`` challenge, or ``503`` with
+    ``Retry-After`` when the key store fails. They pass through the app's
+    ``after_request`` functions like any response.
+
+    :param app: The app to register on now; or call :meth:`init_app` later,
+        once per app.
+    :param keys: The :class:`~vemetric_auth.KeyManager` every app of this
+        extension uses. Without it, each app gets its own, over a
+        :class:`~vemetric_auth.SQLKeyStore` built from its config
+        (``VEMETRIC_AUTH_DATABASE_URL``, ``VEMETRIC_AUTH_TABLE_NAME``,
+        ``VEMETRIC_AUTH_CACHE_TTL``), which connects on first use.
+
+    Config keys, read by :meth:`init_app` (later changes are not seen):
+
+    - ``VEMETRIC_AUTH_DATABASE_URL``: SQLAlchemy URL of the key store;
+      ``"sqlite:///vemetric_auth.db"`` (a file in the working directory).
+    - ``VEMETRIC_AUTH_TABLE_NAME``: its table; ``"vemetric_api_keys"``.
+    - ``VEMETRIC_AUTH_CACHE_TTL``: seconds a verified key is served from
+      memory before its record is read again; ``60.0``.
+    - ``VEMETRIC_AUTH_REALM``: the realm of ``WWW-Authenticate``;
+      ``"vemetric"``.
+    - ``VEMETRIC_AUTH_RETRY_AFTER``: ``Retry-After`` seconds of a ``503``;
+      ``5``.
+    - ``VEMETRIC_AUTH_ALLOW_OPTIONS``: ``OPTIONS`` requests pass without a
+      key; ``True``.
+    - ``VEMETRIC_AUTH_EXEMPT_PATHS``: paths served without a key, matched
+      exactly against ``PATH_INFO`` as the middleware does; ``()``.
+    - ``VEMETRIC_AUTH_EXEMPT_ENDPOINTS``: endpoints served without a key,
+      such as ``"static"``; ``()``.
+
+    The first three are not used when *keys* is given.
+
+    Security: the check runs as the app's first ``before_request`` function
+    when :meth:`init_app` is called before the app registers its own, which
+    then see only authenticated requests. The app's static files are
+    protected too unless ``"static"`` is listed in
+    ``VEMETRIC_AUTH_EXEMPT_ENDPOINTS``.
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, keys: KeyManager | None = None
+    ) -> None:
+        if keys is not None and not isinstance(keys, KeyManager):
+            raise TypeError("keys must be a vemetric_auth.KeyManager")
+        self._keys = keys
+        self._project_loader: Callable[[str], Any] | None = None
+        self._exempt_blueprints: set[str] = set()
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        return f"<VemetricAuth keys={self._keys!r}>"
+
+    def init_app(self, app: Flask) -> None:
+        """Protect every route of *app*, with the keys of its config.
+
+        Sets the config defaults, reads and checks the config, stores the
+        per-app state in ``app.extensions["vemetric_auth"]``, registers the
+        check as a ``before_request`` function and the ``flask vemetric-auth``
+        commands.
+
+        :raises RuntimeError: a :class:`VemetricAuth` is already registered
+            on *app*.
+        :raises TypeError, ValueError: a config value is of the wrong type or
+            out of range; the message names the config key.
+        """
+        if EXTENSION_NAME in app.extensions:
+            raise RuntimeError(
+                "A 'VemetricAuth' instance has already been registered on this "
+                "Flask app. Import and use that instance instead."
+            )
+        config = app.config
+        config.setdefault("VEMETRIC_AUTH_DATABASE_URL", DEFAULT_DATABASE_URL)
+        config.setdefault("VEMETRIC_AUTH_TABLE_NAME", "vemetric_api_keys")
+        config.setdefault("VEMETRIC_AUTH_CACHE_TTL", 60.0)
+        config.setdefault("VEMETRIC_AUTH_REALM", "vemetric")
+        config.setdefault("VEMETRIC_AUTH_RETRY_AFTER", 5)
+        config.setdefault("VEMETRIC_AUTH_ALLOW_OPTIONS", True)
+        config.setdefault("VEMETRIC_AUTH_EXEMPT_PATHS", ())
+        config.setdefault("VEMETRIC_AUTH_EXEMPT_ENDPOINTS", ())
+
+        realm = _config_realm(config)
+        retry_after = _config_retry_after(config)
+        allow_options = _config_flag(config, "VEMETRIC_AUTH_ALLOW_OPTIONS")
+        exempt_paths = _config_names(config, "VEMETRIC_AUTH_EXEMPT_PATHS")
+        exempt_endpoints = _config_names(config, "VEMETRIC_AUTH_EXEMPT_ENDPOINTS")
+        keys = self._keys if self._keys is not None else _keys_from_config(config)
+        state = _AppState(
+            self,
+            keys,
+            realm=realm,
+            retry_after=retry_after,
+            allow_options=allow_options,
+            exempt_paths=exempt_paths,
+            exempt_endpoints=exempt_endpoints,
+            view_functions=app.view_functions,
+        )
+        app.extensions[EXTENSION_NAME] = state
+        app.before_request(state.check_request)
+        app.cli.add_command(_flask_commands)
+
+    # -- decorators ----------------------------------------------------------
+
+    def project_loader(self, loader: _Loader) -> _Loader:
+        """Register the function that turns a key's project id into a project.
+
+        It is called with the project id of every authenticated request, and
+        its result becomes ``g.project``. Returning ``None`` (the project no
+        longer exists) refuses the request as an invalid key (``401``, case 4
+        of the HTTP contract). Raising an :class:`~vemetric_auth.AuthError`
+        answers its response: raise
+        :class:`~vemetric_auth.StoreUnavailable` for a ``503`` while the
+        projects database is down. Any other exception propagates as the
+        app's own, to its error handlers.
+
+        One loader per extension; a new one replaces the last.
+        """
+        self._project_loader = loader
+        return loader
+
+    @overload
+    def exempt(self, view: _View) -> _View: ...
+
+    @overload
+    def exempt(self, view: Blueprint) -> Blueprint: ...
+
+    def exempt(self, view: _View | Blueprint) -> _View | Blueprint:
+        """Serve a view function, or every view of a blueprint, without a key.
+
+        Works above or below the route decorator, and through decorators
+        made with :func:`functools.wraps`:
+
+        .. code-block:: python
+
+            @app.get("/health")
+            @auth.exempt
+            def health(): ...
+
+        A view function is marked as such: it is exempt wherever it is
+        registered. A blueprint is exempt (by name, nested blueprints
+        included) for the apps of this extension.
+        """
+        if isinstance(view, Blueprint):
+            self._exempt_blueprints.add(view.name)
+        else:
+            setattr(view, _EXEMPT_MARK, True)
+        return view
+
+    # -- access to the keys --------------------------------------------------
+
+    def keys_for(self, app: Flask) -> KeyManager:
+        """Return the :class:`~vemetric_auth.KeyManager` *app* checks keys with.
+
+        :raises RuntimeError: this extension is not registered on *app*.
+        """
+        state = app.extensions.get(EXTENSION_NAME)
+        if not isinstance(state, _AppState) or state.extension is not self:
+            raise RuntimeError(
+                "This VemetricAuth is not registered on this Flask app: call "
+                "init_app(app) first."
+            )
+        return state.keys
+
+    @property
+    def keys(self) -> KeyManager:
+        """The :class:`~vemetric_auth.KeyManager` of the current app.
+
+        Needs an app context: ``auth.keys.create("proj_1", "CI")``.
+        """
+        return self.keys_for(current_app)
+
+
+class _AppState:
+    """What a :class:`VemetricAuth` knows of one app.
+
+    It is ``app.extensions["vemetric_auth"]``; its ``extension`` attribute is
+    the :class:`VemetricAuth`, its ``keys`` the app's KeyManager.
+
+    The extension holds no app; everything per app lives here, so one
+    extension serves any number of apps in a process.
+    """
+
+    __slots__ = (
+        "allow_options",
+        "exempt_endpoints",
+        "exempt_paths",
+        "extension",
+        "keys",
+        "realm",
+        "retry_after",
+        "view_functions",
+    )
+
+    def __init__(
+        self,
+        extension: VemetricAuth,
+        keys: KeyManager,
+        *,
+        realm: str,
+        retry_after: int,
+        allow_options: bool,
+        exempt_paths: frozenset[str],
+        exempt_endpoints: frozenset[str],
+        view_functions: dict[str, Callable[..., Any]],
+    ) -> None:
+        self.extension = extension
+        # The app's own dict, filled as routes are added; looked up here
+        # without going through current_app on every request.
+        self.view_functions = view_functions
+        self.keys = keys
+        self.realm = realm
+        self.retry_after = retry_after
+        self.allow_options = allow_options
+        self.exempt_paths = exempt_paths
+        self.exempt_endpoints = exempt_endpoints
+
+    def check_request(self) -> Response | None:
+        """The ``before_request`` function: ``None`` lets the request through."""
+        # Each access through a context proxy (request, g, current_app) costs
+        # about as much as the whole check of a cached key: resolve them once.
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        if self.allow_options and environ.get("REQUEST_METHOD") == "OPTIONS":
+            return None
+        # Matched as the middleware matches them, on PATH_INFO.
+        if self.exempt_paths and environ.get("PATH_INFO", "") in self.exempt_paths:
+            return None
+        if self._exempt_view(req):
+            return None
+        loader = self.extension._project_loader
+        try:
+            record = self.keys.authenticate_header(environ.get("HTTP_AUTHORIZATION"))
+            project = record.project_id if loader is None else loader(record.project_id)
+            if project is None:
+                _logger.info(
+                    "rejected key %s (%s): project %s not found",
+                    record.id,
+                    record.prefix,
+                    record.project_id,
+                )
+                raise InvalidApiKey()
+        except AuthError as error:
+            return error_response(error, realm=self.realm, retry_after=self.retry_after)
+        environ[API_KEY_ENVIRON_KEY] = record
+        environ[PROJECT_ID_ENVIRON_KEY] = record.project_id
+        request_globals = g._get_current_object()
+        request_globals.api_key = record
+        request_globals.project_id = record.project_id
+        request_globals.project = project
+        return None
+
+    def _exempt_view(self, req: Request) -> bool:
+        # No matched rule (404, 405, redirect): nothing is exempt, so an
+        # unauthenticated client learns nothing of the app's routes.
+        rule = req.url_rule
+        if rule is None:
+            return False
+        endpoint = rule.endpoint
+        if endpoint in self.exempt_endpoints:
+            return True
+        view = self.view_functions.get(endpoint)
+        if view is not None and getattr(view, _EXEMPT_MARK, False):
+            return True
+        exempt_blueprints = self.extension._exempt_blueprints
+        return bool(exempt_blueprints) and not exempt_blueprints.isdisjoint(
+            req.blueprints
+        )
+
+
+# -- config ------------------------------------------------------------------
+
+
+def _keys_from_config(config: Any) -> KeyManager:
+    try:
+        from .stores.sql import SQLKeyStore
+    except ModuleNotFoundError:
+        raise RuntimeError(
+            "VemetricAuth without keys= uses the SQL key store, which needs "
+            "SQLAlchemy: pip install 'vemetric-auth[sql]'"
+        ) from None
+    # Builds the engine only: the database is connected to, and the table
+    # created, on first use, in the process that serves (fork-safe).
+    store = SQLKeyStore(
+        config["VEMETRIC_AUTH_DATABASE_URL"],
+        table_name=config["VEMETRIC_AUTH_TABLE_NAME"],
+    )
+    try:
+        return KeyManager(store, cache_ttl=config["VEMETRIC_AUTH_CACHE_TTL"])
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"VEMETRIC_AUTH_CACHE_TTL: {error}") from None
+
+
+def _config_realm(config: Any) -> str:
+    try:
+        return validate_realm(config["VEMETRIC_AUTH_REALM"])
+    except ValueError as error:
+        raise ValueError(f"VEMETRIC_AUTH_REALM: {error}") from None
+
+
+def _config_retry_after(config: Any) -> int:
+    value = config["VEMETRIC_AUTH_RETRY_AFTER"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("VEMETRIC_AUTH_RETRY_AFTER must be an int")
+    if value < 0:
+        raise ValueError("VEMETRIC_AUTH_RETRY_AFTER must be 0 or more seconds")
+    return value
+
+
+def _config_flag(config: Any, name: str) -> bool:
+    value = config[name]
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False")
+    return value
+
+
+def _config_names(config: Any, name: str) -> frozenset[str]:
+    value: Iterable[object] = config[name]
+    # A lone string would be taken for a collection of one-letter names.
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of strings, not a single string")
+    items = list(value)
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError(f"{name} must be a list of strings")
+    return frozenset(item for item in items if isinstance(item, str))
+
+
+# -- flask vemetric-auth -----------------------------------------------------
+
+
+def _app_keys() -> KeyManager:
+    state = current_app.extensions.get(EXTENSION_NAME)
+    if not isinstance(state, _AppState):
+        raise click.UsageError("VemetricAuth is not registered on this app")
+    return state.keys
+
+
+@click.group("vemetric-auth", cls=CommandGroup)
+@with_appcontext
+def _flask_commands() -> None:
+    """Create, list and revoke vem_ API keys in this app's key store."""
+    use_keys(_app_keys)
+
+
+for _command in COMMANDS:
+    _flask_commands.add_command(_command)
