@@ -495,3 +495,68 @@ def test_logs_name_ids_and_prefixes_never_keys(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings, "a store failure is logged at WARNING"
     assert all(r.name == "vemetric_auth" for r in caplog.records)
+
+
+# -- a store that hangs ------------------------------------------------------------
+
+
+class HangingStore(InMemoryKeyStore):
+    """Reads hang until ``release`` is set, as a database that stopped answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+
+    def find_by_prefix(self, prefix: str) -> Any:
+        if self.hanging.is_set():
+            self.release.wait(30)
+        return super().find_by_prefix(prefix)
+
+    def get(self, key_id: str) -> Any:
+        if self.hanging.is_set():
+            self.release.wait(30)
+        return super().get(key_id)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "stale"])
+def test_a_store_that_hangs_is_store_unavailable_within_the_timeout(
+    cached: bool,
+) -> None:
+    store = HangingStore()
+    keys = KeyManager(store, hasher=CountingHasher(), store_timeout=0.2, cache_ttl=0.01)
+    issued = keys.create("p1", "n")
+    if cached:
+        keys.authenticate(issued.key)
+        time.sleep(0.02)
+    store.hanging.set()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            keys.authenticate(issued.key)
+        # Bounded by store_timeout, not by the hang (30 s).
+        assert time.monotonic() - started < 5
+    finally:
+        store.release.set()
+        store.hanging.clear()
+    assert keys.authenticate(issued.key) == issued.record
+
+
+def test_store_timeout_none_calls_the_store_directly(memory_store: Any) -> None:
+    seen: list[str] = []
+
+    class Recording(InMemoryKeyStore):
+        def find_by_prefix(self, prefix: str) -> Any:
+            seen.append(threading.current_thread().name)
+            return super().find_by_prefix(prefix)
+
+    keys = KeyManager(Recording(), hasher=CountingHasher(), store_timeout=None)
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(generate_key())
+    assert seen == [threading.current_thread().name]
+
+
+@pytest.mark.parametrize("value", [0, -1, float("inf"), "5"])
+def test_bad_store_timeout_is_refused(value: Any) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        KeyManager(InMemoryKeyStore(), store_timeout=value)

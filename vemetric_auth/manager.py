@@ -14,6 +14,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -44,6 +45,9 @@ MAX_ID_LENGTH = 255
 _CREATE_ATTEMPTS = 10
 _STRIPES = 64
 _T = TypeVar("_T")
+# Threads for store reads on the request path: as many lookups as this may be
+# waiting on a database at once; more wait their turn within store_timeout.
+_LOOKUP_THREADS = 16
 
 
 class KeyManager:
@@ -63,6 +67,11 @@ class KeyManager:
         ``None`` means the number of CPUs. Others wait their turn, which
         bounds the memory a flood of wrong secrets can take. Cached keys
         never wait.
+    :param store_timeout: Seconds a request waits for the store's answer
+        before it is answered ``503``, whatever the store does: a database
+        that stops answering can not hang the request threads. The lookups
+        then run on a few threads of their own. ``None`` calls the store
+        directly and relies on its own timeouts.
 
     .. code-block:: python
 
@@ -87,6 +96,7 @@ class KeyManager:
         cache_ttl: float = 60.0,
         cache_size: int = 10_000,
         max_verifications: int | None = None,
+        store_timeout: float | None = 5.0,
     ) -> None:
         if isinstance(cache_ttl, bool) or not isinstance(cache_ttl, (int, float)):
             raise TypeError("cache_ttl must be a number of seconds")
@@ -104,6 +114,13 @@ class KeyManager:
             raise TypeError("max_verifications must be an int")
         if max_verifications < 1:
             raise ValueError("max_verifications must be at least 1")
+        if store_timeout is not None:
+            if isinstance(store_timeout, bool) or not isinstance(
+                store_timeout, (int, float)
+            ):
+                raise TypeError("store_timeout must be a number of seconds or None")
+            if not (math.isfinite(store_timeout) and store_timeout > 0):
+                raise ValueError("store_timeout must be a finite number of seconds > 0")
         if hasher is not None and not isinstance(hasher, PasswordHasher):
             raise TypeError("hasher must be an argon2.PasswordHasher")
         self._store = store
@@ -111,7 +128,13 @@ class KeyManager:
         self._cache_ttl = float(cache_ttl)
         self._cache = _VerifiedKeys(cache_size)
         self._max_verifications = max_verifications
-        self._argon2 = _Argon2Workers(max_verifications)
+        self._argon2 = _Workers(max_verifications, "vemetric-auth-argon2")
+        self._store_timeout = store_timeout
+        self._lookups = (
+            None
+            if store_timeout is None
+            else _Workers(_LOOKUP_THREADS, "vemetric-auth-lookup")
+        )
         # Requests for one key wait for each other, so that a burst of
         # first requests runs argon2 once.
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
@@ -135,6 +158,11 @@ class KeyManager:
     def cache_ttl(self) -> float:
         """Seconds a verified key is served before its record is read again."""
         return self._cache_ttl
+
+    @property
+    def store_timeout(self) -> float | None:
+        """Seconds a request waits for the store before it is answered 503."""
+        return self._store_timeout
 
     @property
     def max_verifications(self) -> int:
@@ -295,7 +323,7 @@ class KeyManager:
         prefix = key[:LOOKUP_PREFIX_LENGTH] + "..."
         generation = self._cache.generation
         try:
-            found = self._store.find_by_prefix(prefix)
+            found = self._lookup(self._store.find_by_prefix, prefix)
         except Exception:
             logger.warning("key store failed, answering 503", exc_info=True)
             raise StoreUnavailable() from None
@@ -326,6 +354,12 @@ class KeyManager:
         logger.debug("authenticated key %s (%s)", record.id, prefix)
         return record
 
+    def _lookup(self, read: Callable[[str], _T], argument: str) -> _T:
+        """Call a store read of the request path, within :attr:`store_timeout`."""
+        if self._lookups is None:
+            return read(argument)
+        return self._lookups.run(read, argument, timeout=self._store_timeout)
+
     def _check(self, key_hash: str, key: str) -> str | None:
         """Verify *key* against *key_hash*; return a new hash if it needs one."""
         self._hasher.verify(key_hash, key)
@@ -336,7 +370,7 @@ class KeyManager:
     def _recheck(self, digest: bytes, cached: ApiKey) -> ApiKey:
         generation = self._cache.generation
         try:
-            record = self._store.get(cached.id)
+            record = self._lookup(self._store.get, cached.id)
         except Exception:
             logger.warning("key store failed, answering 503", exc_info=True)
             raise StoreUnavailable() from None
@@ -360,17 +394,19 @@ class KeyManager:
             return now
 
 
-class _Argon2Workers:
-    """Runs argon2 on at most *size* dedicated threads, callers waiting their turn.
+class _Workers:
+    """Runs calls on at most *size* dedicated threads, callers waiting their turn.
 
-    Besides bounding how many computations run at once, keeping them on a few
-    threads bounds memory: the allocator keeps the memory an argon2 run used
-    in the arena of the thread that ran it, so argon2 on every request thread
-    of a busy server would pin memory_cost per request thread.
+    For argon2, besides bounding how many computations run at once, keeping
+    them on a few threads bounds memory: the allocator keeps the memory an
+    argon2 run used in the arena of the thread that ran it, so argon2 on every
+    request thread of a busy server would pin memory_cost per request thread.
+    For store reads, it lets a caller give up on a store that does not answer.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, name: str) -> None:
         self._size = size
+        self._name = name
         self._executor = self._new_executor()
         # A forked child (a pre-forking server) has none of the parent's
         # threads: give it an executor of its own.
@@ -378,15 +414,25 @@ class _Argon2Workers:
         os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
 
     def _new_executor(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(
-            max_workers=self._size, thread_name_prefix="vemetric-auth-argon2"
-        )
+        return ThreadPoolExecutor(max_workers=self._size, thread_name_prefix=self._name)
 
-    def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return self._executor.submit(fn, *args).result()
+    def run(
+        self, fn: Callable[..., _T], *args: Any, timeout: float | None = None
+    ) -> _T:
+        """Return ``fn(*args)``, run on a worker thread.
+
+        :raises TimeoutError: no result within *timeout* seconds. The call is
+            dropped if it had not started; one that did runs on, unwaited.
+        """
+        future = self._executor.submit(fn, *args)
+        try:
+            return future.result(timeout)
+        except FuturesTimeout:
+            future.cancel()
+            raise TimeoutError(f"no answer within {timeout} seconds") from None
 
 
-def _reset_after_fork(ref: weakref.ref[_Argon2Workers]) -> None:
+def _reset_after_fork(ref: weakref.ref[_Workers]) -> None:
     workers = ref()
     if workers is not None:
         workers._executor = workers._new_executor()
