@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for line in curl_lines(demo, base_url):
         print("  " + line)
     print()
-    print(f"Manage keys: vemetric-auth list --project {demo.project_id}")
+    print(f"Manage keys: .venv/bin/vemetric-auth list --project {demo.project_id}")
     print()
     sys.stdout.flush()
 
