@@ -136,7 +136,8 @@ def test_list_json_is_an_array_of_records(run: Any) -> None:
     assert json.loads(empty.stdout) == []
 
 
-def test_list_of_an_empty_project_says_so(run: Any) -> None:
+def test_list_of_an_empty_project_says_so(run: Any, database: Path) -> None:
+    SQLKeyStore(f"sqlite:///{database}").create_table()
     result = run("list", "--project", "nobody")
     assert (result.exit_code, result.stdout) == (
         0,
@@ -222,7 +223,16 @@ def assert_one_line_error(result: Result, exit_code: int, message: str) -> None:
         pytest.param(["revoke"], 2, "Missing argument 'KEY_ID'", id="revoke-no-id"),
         pytest.param(["frobnicate"], 2, "No such command", id="bad-command"),
         pytest.param(
-            ["revoke", "no-such-id"], 1, "no API key 'no-such-id'", id="unknown-id"
+            ["revoke", "no-such-id"], 1, "no key store at ", id="revoke-without-store"
+        ),
+        pytest.param(
+            ["list", "--project", "p"], 1, "no key store at ", id="list-without-store"
+        ),
+        pytest.param(
+            ["revoke", " vem_" + "a" * 32],
+            2,
+            "that is an API key, not a key id",
+            id="pasted-key-with-space",
         ),
     ],
 )
@@ -231,9 +241,9 @@ def test_bad_input_is_one_line_and_writes_nothing(
 ) -> None:
     result = run(*args)
     assert_one_line_error(result, exit_code, message)
-    if exit_code == 2:
-        # Refused before the store was opened: not even the file exists.
-        assert not database.exists()
+    assert "a" * 24 not in result.stderr
+    # Refused before the store was written: not even the file exists.
+    assert not database.exists()
 
 
 def test_bad_input_leaves_an_existing_store_unchanged(run: Any, database: Path) -> None:
@@ -254,6 +264,39 @@ def test_a_pasted_key_is_refused_without_being_echoed(run: Any) -> None:
     assert key not in result.stderr
 
 
+def test_output_that_cannot_be_written_revokes_the_new_key(tmp_path: Path) -> None:
+    """A key nobody saw must not stay active, and the error is one line."""
+    database = tmp_path / "keys.db"
+    with open("/dev/full", "w") as full:
+        failed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vemetric_auth",
+                "--database-url",
+                f"sqlite:///{database}",
+                "create",
+                "--project",
+                "p",
+                "--name",
+                "n",
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+            timeout=60,
+            check=False,
+        )
+    assert failed.returncode == 1
+    assert failed.stderr.count("\n") == 1
+    assert failed.stderr.startswith("Error: could not write the new key")
+    (record,) = KeyManager(SQLKeyStore(f"sqlite:///{database}")).list(
+        "p", include_revoked=True
+    )
+    assert record.revoked
+
+
 @pytest.mark.parametrize(
     ("url", "exit_code", "message"),
     [
@@ -262,7 +305,7 @@ def test_a_pasted_key_is_refused_without_being_echoed(run: Any) -> None:
         pytest.param(
             "sqlite:////nonexistent/dir/keys.db",
             1,
-            "the key store failed: (sqlite3.OperationalError) unable to open",
+            "no key store at /nonexistent/dir/keys.db",
             id="unopenable-file",
         ),
     ],
@@ -326,6 +369,7 @@ def test_help_works_without_a_store(database: Path) -> None:
 
 
 def test_main_exits_with_the_status(database: Path) -> None:
+    SQLKeyStore(f"sqlite:///{database}").create_table()
     with pytest.raises(SystemExit) as exited:
         main(["--database-url", f"sqlite:///{database}", "list", "--project", "p"])
     assert exited.value.code == 0
@@ -367,7 +411,7 @@ def test_the_command_runs_as_a_program(command: list[str], tmp_path: Path) -> No
         timeout=60,
     )
     assert (failed.returncode, failed.stdout) == (1, "")
-    assert failed.stderr == "Error: no API key 'nope'\n"
+    assert failed.stderr == "Error: no API key with this id\n"
 
 
 def test_unreachable_postgres_is_one_line_and_quick(tmp_path: Path) -> None:

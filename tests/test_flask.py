@@ -658,7 +658,7 @@ def test_flask_cli_errors_are_one_line(app: Flask) -> None:
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("Error: Missing option '--name'")
     result = runner.invoke(args=["vemetric-auth", "revoke", "no-such-id"])
-    assert (result.exit_code, result.stderr) == (1, "Error: no API key 'no-such-id'\n")
+    assert (result.exit_code, result.stderr) == (1, "Error: no API key with this id\n")
 
 
 def test_flask_cli_prints_what_the_standalone_cli_prints(tmp_path: Path) -> None:

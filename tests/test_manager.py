@@ -560,3 +560,55 @@ def test_store_timeout_none_calls_the_store_directly(memory_store: Any) -> None:
 def test_bad_store_timeout_is_refused(value: Any) -> None:
     with pytest.raises((ValueError, TypeError)):
         KeyManager(InMemoryKeyStore(), store_timeout=value)
+
+
+def test_requests_queued_behind_a_hung_store_fail_within_one_timeout() -> None:
+    """Concurrent first requests for one key wait for each other; with a hung
+    store, each still fails within store_timeout, not one timeout after another."""
+    store = HangingStore()
+    keys = KeyManager(store, hasher=CountingHasher(), store_timeout=0.3)
+    issued = keys.create("p1", "n")
+    store.hanging.set()
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def request() -> None:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            keys.authenticate(issued.key)
+        with lock:
+            waits.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        store.release.set()
+    assert len(waits) == 6
+    # One after another they would take 0.3, 0.6, ... 1.8 s.
+    assert max(waits) < 1.2
+
+
+@pytest.mark.parametrize("method", ["get", "revoke"])
+def test_a_key_given_as_key_id_is_refused_before_the_store(
+    flaky_keys: KeyManager, flaky_store: FlakyStore, method: str
+) -> None:
+    issued = flaky_keys.create("p1", "n")
+    calls_before = dict(flaky_store.calls)
+    for pasted in (issued.key, " " + issued.key, issued.record.prefix):
+        with pytest.raises(ValueError, match="not a key id") as info:
+            getattr(flaky_keys, method)(pasted)
+        assert issued.key[12:] not in str(info.value)
+        assert issued.key[4:12] not in str(info.value)
+    assert flaky_store.calls == calls_before
+    assert flaky_keys.authenticate(issued.key) == issued.record
+
+
+def test_key_not_found_does_not_repeat_the_id(keys: KeyManager) -> None:
+    with pytest.raises(KeyNotFound) as info:
+        keys.get("0123456789abcdef" * 2)
+    assert "0123456789abcdef" not in str(info.value)
+    assert str(info.value) == "no API key with this id"

@@ -27,24 +27,19 @@ once, and nowhere else: not to stderr, not to logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
-try:
-    import click
-except ModuleNotFoundError:  # pragma: no cover - depends on the installed extras
-    # The console script imports this module first: say what is missing in
-    # one line rather than with a traceback.
-    sys.exit(
-        "vemetric-auth: the command line needs click: pip install 'vemetric-auth[cli]'"
-    )
+import click
 
 from .errors import KeyNotFound, StoreUnavailable
-from .keys import is_valid_format
+from .keys import holds_key
 from .manager import KeyManager
 from .records import ApiKey
 
@@ -124,12 +119,33 @@ def use_keys(opener: Callable[[], KeyManager]) -> None:
     ctx.meta[_KEYS_META] = opener
 
 
-def _keys(ctx: click.Context) -> KeyManager:
+def _keys(ctx: click.Context, *, existing: bool = True) -> KeyManager:
+    """Open the group's key store; with *existing*, refuse to make a new SQLite file.
+
+    ``list`` and ``revoke`` read an existing store: a mistyped file name
+    should be an error, not a new, empty database.
+    """
     opener: Callable[[], KeyManager] | None = ctx.meta.get(_KEYS_META)
     if opener is None:
         raise RuntimeError("vemetric-auth commands run under a group calling use_keys")
     with _reported_errors():
-        return opener()
+        keys = opener()
+    if existing:
+        missing = _missing_sqlite_file(keys)
+        if missing is not None:
+            raise _Failure(f"no key store at {missing}: check --database-url")
+    return keys
+
+
+def _missing_sqlite_file(keys: KeyManager) -> str | None:
+    engine = getattr(keys.store, "engine", None)
+    url = getattr(engine, "url", None)
+    if url is None or url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return None if os.path.exists(database) else database
 
 
 @contextmanager
@@ -256,6 +272,26 @@ def _emit(lines: Sequence[str] | None = None, *, document: Any = None) -> None:
         click.echo("\n".join(lines))
 
 
+def _unseen_key(keys: KeyManager, record: ApiKey, error: OSError) -> NoReturn:
+    """The new key could not be written out: revoke it, so no unseen key stays
+    active, and say so in one line."""
+    # What is left in stdout's buffer must not be written again at exit.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    try:
+        keys.revoke(record.id, revoked_by="vemetric-auth: the key could not be shown")
+    except Exception:
+        raise _Failure(
+            f"could not write the new key ({error.strerror}), nor revoke it: "
+            f"revoke key {record.id}"
+        ) from None
+    raise _Failure(
+        f"could not write the new key ({error.strerror}); key {record.id} was revoked"
+    )
+
+
 # -- commands ----------------------------------------------------------------
 
 _json_option = click.option(
@@ -287,22 +323,28 @@ def create(
     as_json: bool,
 ) -> None:
     """Create a key for a project and print it, this once, with its record."""
-    keys = _keys(ctx)
+    if sys.stdout is None or sys.stdout.closed:
+        # The key would be created and never seen.
+        raise _Failure("standard output is closed: the new key could not be shown")
+    keys = _keys(ctx, existing=False)
     with _reported_errors():
         issued = keys.create(project_id, name, created_by=created_by)
     record = issued.record
-    if as_json:
-        _emit(document={"key": issued.key, "record": record.to_dict()})
-        return
-    _emit(
-        [
-            "API key created. Copy it now: it is shown only this once.",
-            "",
-            f"    {issued.key}",
-            "",
-            *_record_lines(record),
-        ]
-    )
+    try:
+        if as_json:
+            _emit(document={"key": issued.key, "record": record.to_dict()})
+        else:
+            _emit(
+                [
+                    "API key created. Copy it now: it is shown only this once.",
+                    "",
+                    f"    {issued.key}",
+                    "",
+                    *_record_lines(record),
+                ]
+            )
+    except OSError as error:
+        _unseen_key(keys, record, error)
 
 
 @click.command("list", short_help="List a project's keys, newest first.")
@@ -350,11 +392,11 @@ def revoke(
 
     Revoking a revoked key changes nothing and prints its record as it is.
     """
-    if is_valid_format(key_id):
-        # Someone pasted the secret itself: refuse it without echoing it into
-        # an error message, a log or a SQL statement.
+    if holds_key(key_id):
+        # Someone pasted the key itself: refuse it without echoing it into an
+        # error message, a log or a SQL statement (KeyManager.revoke would too).
         raise _UsageFailure(
-            "KEY_ID is an API key, not a key id: give the id that 'list' shows"
+            "that is an API key, not a key id: give the id that list shows"
         )
     keys = _keys(ctx)
     started = datetime.now(timezone.utc)

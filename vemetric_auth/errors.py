@@ -77,12 +77,14 @@ class StoreUnavailable(AuthError):
 
 
 class KeyNotFound(LookupError):
-    """No key record has the given id."""
+    """No key record has the given id.
 
-    def __init__(self, key_id: str | None = None) -> None:
-        super().__init__(
-            "no API key with this id" if key_id is None else f"no API key {key_id!r}"
-        )
+    The message does not repeat the id: what was given as one may be a key
+    pasted in the wrong place.
+    """
+
+    def __init__(self, message: str = "no API key with this id") -> None:
+        super().__init__(message)
 
 
 class DuplicatePrefix(ValueError):

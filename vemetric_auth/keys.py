@@ -12,6 +12,7 @@ __all__ = [
     "LOOKUP_PREFIX_LENGTH",
     "display_prefix",
     "generate_key",
+    "holds_key",
     "is_valid_format",
 ]
 
@@ -27,6 +28,7 @@ LOOKUP_PREFIX_LENGTH = 12
 
 _SECRET_LENGTH = KEY_LENGTH - len(KEY_PREFIX)
 _FORMAT = re.compile(r"vem_[a-z0-9]{32}")
+_KEY_START = re.compile(r"vem_[a-z0-9]{8}")
 
 
 def generate_key() -> str:
@@ -61,3 +63,12 @@ def display_prefix(key: str) -> str:
     if not is_valid_format(key):
         raise ValueError("not an API key of the vem_ format") from None
     return key[:LOOKUP_PREFIX_LENGTH] + "..."
+
+
+def holds_key(text: str) -> bool:
+    """Tell whether *text* holds an API key, or its first 12 characters.
+
+    For refusing a key pasted where an id or a name belongs, before it reaches
+    a store, a log or an error message.
+    """
+    return _KEY_START.search(text) is not None

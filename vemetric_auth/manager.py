@@ -30,16 +30,14 @@ from .errors import (
     StoreUnavailable,
 )
 from .hashing import default_hasher
-from .keys import LOOKUP_PREFIX_LENGTH, generate_key, is_valid_format
-from .records import ApiKey, IssuedKey
+from .keys import display_prefix, generate_key, holds_key, is_valid_format
+from .records import MAX_ID_LENGTH, MAX_NAME_LENGTH, ApiKey, IssuedKey
 from .stores.base import KeyStore
 
 __all__ = ["KeyManager"]
 
 logger = logging.getLogger("vemetric_auth")
 
-MAX_NAME_LENGTH = 100
-MAX_ID_LENGTH = 255
 # A fresh key collides with a stored display prefix with a chance of about
 # n / 36**8 for n stored keys; ten draws in a row are never all taken.
 _CREATE_ATTEMPTS = 10
@@ -195,7 +193,7 @@ class KeyManager:
                 id=uuid.uuid4().hex,
                 project_id=project_id,
                 name=name,
-                prefix=key[:LOOKUP_PREFIX_LENGTH] + "...",
+                prefix=display_prefix(key),
                 created_at=created_at,
                 created_by=created_by,
             )
@@ -237,15 +235,17 @@ class KeyManager:
         """Return the record *key_id*.
 
         :raises KeyNotFound: no key has this id.
+        :raises ValueError: *key_id* holds an API key; see :meth:`revoke`.
         :raises StoreUnavailable: the store failed.
         """
+        key_id = _check_key_id(key_id)
         try:
             record = self._store.get(key_id)
         except Exception as exc:
             logger.warning("key store failed while reading a key", exc_info=True)
             raise StoreUnavailable() from exc
         if record is None:
-            raise KeyNotFound(key_id)
+            raise KeyNotFound()
         return record
 
     def revoke(self, key_id: str, *, revoked_by: str | None = None) -> ApiKey:
@@ -257,10 +257,13 @@ class KeyManager:
         as it is.
 
         :raises KeyNotFound: no key has this id.
-        :raises ValueError: an over-long *revoked_by*.
+        :raises ValueError: an over-long *revoked_by*, or a *key_id* that holds
+            an API key (the key itself, pasted where its id belongs): it is
+            refused before it reaches the store, and not repeated.
         :raises StoreUnavailable: the store failed; the key may or may not be
             revoked, and is re-checked on its next use here.
         """
+        key_id = _check_key_id(key_id)
         if revoked_by is not None:
             revoked_by = _check_actor(revoked_by, "revoked_by")
         # Forget the key before and after the write: a verification running
@@ -276,7 +279,7 @@ class KeyManager:
         finally:
             self._cache.forget(key_id)
         if record is None:
-            raise KeyNotFound(key_id)
+            raise KeyNotFound()
         logger.info("revoked key %s (%s)", record.id, record.prefix)
         return record
 
@@ -311,19 +314,33 @@ class KeyManager:
         entry = self._cache.get(digest)
         if entry is not None and time.monotonic() < entry[1]:
             return entry[0]
-        with self._stripes[digest[0] % _STRIPES]:
+        return self._authenticate_cold(key, digest)
+
+    def _authenticate_cold(self, key: str, digest: bytes) -> ApiKey:
+        # One deadline for the whole request: waiting for the stripe, then
+        # for the store. Requests queued behind a hung store then fail within
+        # store_timeout too, rather than one timeout after another.
+        timeout = self._store_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stripe = self._stripes[digest[0] % _STRIPES]
+        if not stripe.acquire(timeout=-1 if timeout is None else timeout):
+            logger.warning("key store too slow, answering 503")
+            raise StoreUnavailable()
+        try:
             entry = self._cache.get(digest)
             if entry is None:
-                return self._verify(key, digest)
+                return self._verify(key, digest, deadline)
             if time.monotonic() < entry[1]:
                 return entry[0]
-            return self._recheck(digest, entry[0])
+            return self._recheck(digest, entry[0], deadline)
+        finally:
+            stripe.release()
 
-    def _verify(self, key: str, digest: bytes) -> ApiKey:
-        prefix = key[:LOOKUP_PREFIX_LENGTH] + "..."
+    def _verify(self, key: str, digest: bytes, deadline: float | None) -> ApiKey:
+        prefix = display_prefix(key)
         generation = self._cache.generation
         try:
-            found = self._lookup(self._store.find_by_prefix, prefix)
+            found = self._call_store(deadline, self._store.find_by_prefix, prefix)
         except Exception:
             logger.warning("key store failed, answering 503", exc_info=True)
             raise StoreUnavailable() from None
@@ -344,7 +361,7 @@ class KeyManager:
             raise InvalidApiKey() from None
         if new_hash is not None:
             try:
-                self._store.set_hash(record.id, new_hash)
+                self._call_store(deadline, self._store.set_hash, record.id, new_hash)
             except Exception:
                 # The key is verified; a stale hash only costs a rehash later.
                 logger.warning("could not store the new hash of key %s", record.id)
@@ -354,11 +371,19 @@ class KeyManager:
         logger.debug("authenticated key %s (%s)", record.id, prefix)
         return record
 
-    def _lookup(self, read: Callable[[str], _T], argument: str) -> _T:
-        """Call a store read of the request path, within :attr:`store_timeout`."""
-        if self._lookups is None:
-            return read(argument)
-        return self._lookups.run(read, argument, timeout=self._store_timeout)
+    def _call_store(
+        self, deadline: float | None, method: Callable[..., _T], *args: str
+    ) -> _T:
+        """Call a store method of the request path, answered before *deadline*.
+
+        :raises TimeoutError: the deadline passed first.
+        """
+        if self._lookups is None or deadline is None:
+            return method(*args)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no time left for the store")
+        return self._lookups.run(method, *args, timeout=remaining)
 
     def _check(self, key_hash: str, key: str) -> str | None:
         """Verify *key* against *key_hash*; return a new hash if it needs one."""
@@ -367,10 +392,10 @@ class KeyManager:
             return self._hasher.hash(key)
         return None
 
-    def _recheck(self, digest: bytes, cached: ApiKey) -> ApiKey:
+    def _recheck(self, digest: bytes, cached: ApiKey, deadline: float | None) -> ApiKey:
         generation = self._cache.generation
         try:
-            record = self._lookup(self._store.get, cached.id)
+            record = self._call_store(deadline, self._store.get, cached.id)
         except Exception:
             logger.warning("key store failed, answering 503", exc_info=True)
             raise StoreUnavailable() from None
@@ -408,10 +433,7 @@ class _Workers:
         self._size = size
         self._name = name
         self._executor = self._new_executor()
-        # A forked child (a pre-forking server) has none of the parent's
-        # threads: give it an executor of its own.
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
+        _ALL_WORKERS.add(self)
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=self._size, thread_name_prefix=self._name)
@@ -432,10 +454,17 @@ class _Workers:
             raise TimeoutError(f"no answer within {timeout} seconds") from None
 
 
-def _reset_after_fork(ref: weakref.ref[_Workers]) -> None:
-    workers = ref()
-    if workers is not None:
+_ALL_WORKERS: weakref.WeakSet[_Workers] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    # A forked child (a pre-forking server) has none of the parent's threads:
+    # give each pool an executor of its own.
+    for workers in list(_ALL_WORKERS):
         workers._executor = workers._new_executor()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class _VerifiedKeys:
@@ -506,6 +535,16 @@ def _check_id(value: object, what: str) -> str:
         raise ValueError(f"{what} must be at most {MAX_ID_LENGTH} characters")
     if _has_control(value):
         raise ValueError(f"{what} must not contain control characters")
+    return value
+
+
+def _check_key_id(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("key_id must be a str")
+    if holds_key(value):
+        raise ValueError(
+            "that is an API key, not a key id: give the id that list shows"
+        )
     return value
 
 

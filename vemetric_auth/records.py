@@ -6,7 +6,12 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-__all__ = ["ApiKey", "IssuedKey"]
+__all__ = ["MAX_ID_LENGTH", "MAX_NAME_LENGTH", "ApiKey", "IssuedKey"]
+
+#: Longest ``name`` of a key, in characters, once trimmed.
+MAX_NAME_LENGTH = 100
+#: Longest ``project_id``, ``created_by`` or ``revoked_by``, in characters.
+MAX_ID_LENGTH = 255
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from .errors import DuplicatePrefix
-from .keys import generate_key
+from .keys import display_prefix, generate_key
 from .records import ApiKey
 from .stores.base import KeyStore
 
@@ -49,7 +49,7 @@ def make_record(
         id=uuid.uuid4().hex,
         project_id=project_id,
         name=name,
-        prefix=generate_key()[:12] + "...",
+        prefix=display_prefix(generate_key()),
         created_at=_EPOCH + timedelta(minutes=minutes),
         created_by=created_by,
     )

@@ -54,7 +54,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.types import TypeDecorator
 
 from ..errors import DuplicatePrefix
-from ..records import ApiKey
+from ..keys import LOOKUP_PREFIX_LENGTH
+from ..records import MAX_ID_LENGTH, MAX_NAME_LENGTH, ApiKey
 
 __all__ = ["DEFAULT_TABLE_NAME", "SQLKeyStore", "create_table_sql"]
 
@@ -70,9 +71,9 @@ _MAX_IDENTIFIER_LENGTH = 63
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2", "psycopg2cffi"})
 
-_ID_LENGTH = 255
-_NAME_LENGTH = 100
-_PREFIX_LENGTH = 15
+_ID_LENGTH = MAX_ID_LENGTH
+_NAME_LENGTH = MAX_NAME_LENGTH
+_PREFIX_LENGTH = LOOKUP_PREFIX_LENGTH + len("...")
 
 
 class _UTCDateTime(TypeDecorator[datetime]):
