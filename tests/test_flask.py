@@ -309,6 +309,16 @@ def register_exempt(app: Flask, auth: VemetricAuth, order: str) -> None:
         parent.register_blueprint(child)
         auth.exempt(parent)
         app.register_blueprint(parent)
+    elif order == "nested-child-blueprint":
+        parent = Blueprint("outer", __name__)
+        child = Blueprint("inner", __name__)
+        child.get("/open")(open_view)
+        parent.register_blueprint(auth.exempt(child))
+        app.register_blueprint(parent)
+    elif order == "renamed-blueprint":
+        blueprint = Blueprint("public", __name__)
+        blueprint.get("/open")(open_view)
+        app.register_blueprint(auth.exempt(blueprint), name="public_v2")
     elif order == "endpoint-config":
         app.get("/open", endpoint="open_endpoint")(open_view)
     else:
@@ -324,6 +334,8 @@ def register_exempt(app: Flask, auth: VemetricAuth, order: str) -> None:
         pytest.param("add-url-rule", id="add-url-rule"),
         pytest.param("blueprint", id="blueprint"),
         pytest.param("nested-blueprint", id="nested-blueprint"),
+        pytest.param("nested-child-blueprint", id="nested-child-blueprint"),
+        pytest.param("renamed-blueprint", id="renamed-blueprint"),
         pytest.param("endpoint-config", id="exempt-endpoints-config"),
     ],
 )
@@ -336,6 +348,25 @@ def test_exempt_views_pass_without_a_key(keys: KeyManager, order: str) -> None:
     assert (response.status_code, response.data) == (200, b"open")
     # Everything else stays protected.
     assert client.get("/v1/project").status_code == 401
+
+
+def test_an_exempt_blueprint_opens_no_other_blueprint_of_the_same_name(
+    keys: KeyManager,
+) -> None:
+    """One extension, two apps: exempting app A's public "docs" blueprint must
+    not open app B's private blueprint that is also called "docs"."""
+    auth = VemetricAuth(keys=keys)
+    public = Blueprint("docs", __name__)
+    public.get("/docs")(lambda: "public")
+    private = Blueprint("docs", __name__)
+    private.get("/docs")(lambda: "private")
+    app_a, app_b = Flask("a"), Flask("b")
+    auth.init_app(app_a)
+    auth.init_app(app_b)
+    app_a.register_blueprint(auth.exempt(public))
+    app_b.register_blueprint(private)
+    assert app_a.test_client().get("/docs").status_code == 200
+    assert app_b.test_client().get("/docs").status_code == 401
 
 
 def test_exempt_view_gets_no_key_attributes(app: Flask, issued: IssuedKey) -> None:

@@ -391,3 +391,54 @@ def test_bearer_token_returns_a_key_or_raises_a_contract_error(
     assert is_valid_format(token)
     assert header is not None
     assert token in header
+
+
+# -- project loader ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("projects", "status"),
+    [
+        pytest.param({"proj_1": {"name": "Shop"}}, 200, id="project-exists"),
+        pytest.param({}, 401, id="project-gone"),
+    ],
+)
+def test_project_loader_puts_the_project_in_the_environ_or_refuses(
+    flaky_keys: KeyManager,
+    downstream: Recorder,
+    issued: Any,
+    projects: dict[str, Any],
+    status: int,
+) -> None:
+    client = Client(
+        ApiKeyMiddleware(downstream, flaky_keys, project_loader=projects.get)
+    )
+    response = client.get("/", headers={"Authorization": "Bearer " + issued.key})
+    assert response.status_code == status
+    if status == 401:
+        assert_401(response, INVALID)
+        assert downstream.calls == []
+    else:
+        assert downstream.calls[0]["vemetric_auth.project"] == {"name": "Shop"}
+        assert downstream.calls[0]["vemetric_auth.project_id"] == "proj_1"
+
+
+def test_project_loader_may_answer_503(
+    flaky_keys: KeyManager, downstream: Recorder, issued: Any
+) -> None:
+    from vemetric_auth import StoreUnavailable
+
+    def loader(project_id: str) -> Any:
+        raise StoreUnavailable()
+
+    client = Client(ApiKeyMiddleware(downstream, flaky_keys, project_loader=loader))
+    response = client.get("/", headers={"Authorization": "Bearer " + issued.key})
+    assert response.status_code == 503
+    assert downstream.calls == []
+
+
+def test_without_a_loader_no_project_entry_is_added(
+    client: Client, downstream: Recorder, issued: Any
+) -> None:
+    client.get("/", headers={"Authorization": "Bearer " + issued.key})
+    assert "vemetric_auth.project" not in downstream.calls[0]

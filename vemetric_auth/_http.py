@@ -8,8 +8,9 @@ nowhere else.
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from werkzeug.http import HTTP_STATUS_CODES
@@ -28,12 +29,20 @@ from .keys import KEY_LENGTH, is_valid_format
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
+    from .manager import KeyManager
+    from .records import ApiKey
+
+logger = logging.getLogger("vemetric_auth")
+
 __all__ = [
     "ErrorAnswer",
+    "RequestGate",
     "bearer_token",
     "error_answers",
     "error_response",
+    "validate_paths",
     "validate_realm",
+    "validate_retry_after",
 ]
 
 # RFC 9110 whitespace (SP and HTAB) around and inside the credentials.
@@ -107,6 +116,102 @@ def validate_realm(realm: str) -> str:
     if not isinstance(realm, str) or not realm or not _REALM.fullmatch(realm):
         raise ValueError("realm must be a non-empty string of printable ASCII")
     return realm
+
+
+def validate_retry_after(retry_after: int) -> int:
+    """Return *retry_after* if it is a whole number of seconds, 0 or more.
+
+    :raises TypeError, ValueError: it is not.
+    """
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int):
+        raise TypeError("retry_after must be an int")
+    if retry_after < 0:
+        raise ValueError("retry_after must be 0 or more seconds")
+    return retry_after
+
+
+def validate_paths(paths: Iterable[str]) -> frozenset[str]:
+    """Return the exempt *paths* as a set.
+
+    :raises TypeError: a lone string (it would be taken for a collection of
+        one-letter paths), or items that are not strings.
+    """
+    if isinstance(paths, str) or not isinstance(paths, Iterable):
+        raise TypeError("exempt paths must be a collection of strings, not a str")
+    found = frozenset(paths)
+    if not all(isinstance(path, str) for path in found):
+        raise TypeError("exempt paths must be strings")
+    return found
+
+
+class RequestGate:
+    """The HTTP contract of one integration: who passes without a key, and the
+    answers to those who may not pass.
+
+    :class:`~vemetric_auth.ApiKeyMiddleware` and the Flask extension each keep
+    one; the credential check itself is
+    :meth:`~vemetric_auth.KeyManager.authenticate_header`.
+    """
+
+    __slots__ = (
+        "_answers",
+        "allow_options",
+        "exempt_paths",
+        "keys",
+        "realm",
+        "retry_after",
+    )
+
+    def __init__(
+        self,
+        keys: KeyManager,
+        *,
+        realm: str,
+        retry_after: int,
+        exempt_paths: Iterable[str],
+        allow_options: bool,
+    ) -> None:
+        self.keys = keys
+        self.realm = validate_realm(realm)
+        self.retry_after = validate_retry_after(retry_after)
+        self.exempt_paths = validate_paths(exempt_paths)
+        self.allow_options = bool(allow_options)
+        self._answers = error_answers(realm=self.realm, retry_after=self.retry_after)
+
+    def passes_without_key(self, environ: WSGIEnvironment) -> bool:
+        """Whether the request is ``OPTIONS`` (when allowed) or to an exempt path.
+
+        Paths are matched exactly against ``PATH_INFO``.
+        """
+        return (self.allow_options and environ.get("REQUEST_METHOD") == "OPTIONS") or (
+            bool(self.exempt_paths)
+            and environ.get("PATH_INFO", "") in self.exempt_paths
+        )
+
+    @staticmethod
+    def load_project(record: ApiKey, loader: Callable[[str], object]) -> object:
+        """Return ``loader(record.project_id)``, the key's project.
+
+        :raises InvalidApiKey: the loader returned ``None``: the project no
+            longer exists, so the key is refused like a revoked one.
+        """
+        project = loader(record.project_id)
+        if project is None:
+            logger.info(
+                "rejected key %s (%s): project %s not found",
+                record.id,
+                record.prefix,
+                record.project_id,
+            )
+            raise InvalidApiKey()
+        return project
+
+    def answer(self, error: AuthError) -> ErrorAnswer:
+        """Return the answer to *error*, built once for the contract's errors."""
+        answer = self._answers.get(type(error))
+        if answer is None:  # an AuthError subclass of the application's
+            answer = ErrorAnswer(error, realm=self.realm, retry_after=self.retry_after)
+        return answer
 
 
 def _quote(value: str) -> str:

@@ -29,8 +29,7 @@ the same responses, made by the same function.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 import click
@@ -38,15 +37,15 @@ from flask import Blueprint, Flask, Request, current_app, g, request
 from flask.cli import with_appcontext
 from werkzeug.wrappers import Response
 
-from ._http import error_response, validate_realm
+from ._http import RequestGate, validate_paths, validate_realm, validate_retry_after
 from .cli import COMMANDS, DEFAULT_DATABASE_URL, CommandGroup, use_keys
-from .errors import AuthError, InvalidApiKey
+from .errors import AuthError
 from .manager import KeyManager
 from .middleware import API_KEY_ENVIRON_KEY, PROJECT_ID_ENVIRON_KEY
+from .stores.base import DEFAULT_TABLE_NAME
 
 __all__ = ["VemetricAuth"]
 
-_logger = logging.getLogger("vemetric_auth")
 
 #: The ``app.extensions`` entry of the extension's per-app state.
 EXTENSION_NAME = "vemetric_auth"
@@ -56,6 +55,7 @@ _EXEMPT_MARK = "_vemetric_auth_exempt"
 
 _View = TypeVar("_View", bound=Callable[..., Any])
 _Loader = TypeVar("_Loader", bound=Callable[[str], Any])
+_T = TypeVar("_T")
 
 
 class VemetricAuth:
@@ -63,7 +63,7 @@ class VemetricAuth:
 
     Once registered, every request needs a valid, active key, including
     requests that match no route (they get their ``404`` or ``405`` only
-    with a key, so routes can not be probed without one). Exceptions:
+    with a key). Exceptions:
     ``OPTIONS`` requests (CORS preflight, unless ``VEMETRIC_AUTH_ALLOW_OPTIONS``
     is false), views marked :meth:`exempt`, and the paths and endpoints listed
     in ``VEMETRIC_AUTH_EXEMPT_PATHS`` and ``VEMETRIC_AUTH_EXEMPT_ENDPOINTS``.
@@ -122,7 +122,7 @@ class VemetricAuth:
             raise TypeError("keys must be a vemetric_auth.KeyManager")
         self._keys = keys
         self._project_loader: Callable[[str], Any] | None = None
-        self._exempt_blueprints: set[str] = set()
+        self._exempt_blueprints: list[Blueprint] = []
         if app is not None:
             self.init_app(app)
 
@@ -149,7 +149,7 @@ class VemetricAuth:
             )
         config = app.config
         config.setdefault("VEMETRIC_AUTH_DATABASE_URL", DEFAULT_DATABASE_URL)
-        config.setdefault("VEMETRIC_AUTH_TABLE_NAME", "vemetric_api_keys")
+        config.setdefault("VEMETRIC_AUTH_TABLE_NAME", DEFAULT_TABLE_NAME)
         config.setdefault("VEMETRIC_AUTH_CACHE_TTL", 60.0)
         config.setdefault("VEMETRIC_AUTH_REALM", "vemetric")
         config.setdefault("VEMETRIC_AUTH_RETRY_AFTER", 5)
@@ -157,21 +157,31 @@ class VemetricAuth:
         config.setdefault("VEMETRIC_AUTH_EXEMPT_PATHS", ())
         config.setdefault("VEMETRIC_AUTH_EXEMPT_ENDPOINTS", ())
 
-        realm = _config_realm(config)
-        retry_after = _config_retry_after(config)
         allow_options = _config_flag(config, "VEMETRIC_AUTH_ALLOW_OPTIONS")
-        exempt_paths = _config_names(config, "VEMETRIC_AUTH_EXEMPT_PATHS")
-        exempt_endpoints = _config_names(config, "VEMETRIC_AUTH_EXEMPT_ENDPOINTS")
+        exempt_endpoints = _config_value(
+            config, "VEMETRIC_AUTH_EXEMPT_ENDPOINTS", validate_paths
+        )
+        realm = _config_value(config, "VEMETRIC_AUTH_REALM", validate_realm)
+        retry_after = _config_value(
+            config, "VEMETRIC_AUTH_RETRY_AFTER", validate_retry_after
+        )
+        exempt_paths = _config_value(
+            config, "VEMETRIC_AUTH_EXEMPT_PATHS", validate_paths
+        )
         keys = self._keys if self._keys is not None else _keys_from_config(config)
-        state = _AppState(
-            self,
+        gate = RequestGate(
             keys,
             realm=realm,
             retry_after=retry_after,
-            allow_options=allow_options,
             exempt_paths=exempt_paths,
+            allow_options=allow_options,
+        )
+        state = _AppState(
+            self,
+            gate,
             exempt_endpoints=exempt_endpoints,
             view_functions=app.view_functions,
+            blueprints=app.blueprints,
         )
         app.extensions[EXTENSION_NAME] = state
         app.before_request(state.check_request)
@@ -215,11 +225,13 @@ class VemetricAuth:
             def health(): ...
 
         A view function is marked as such: it is exempt wherever it is
-        registered. A blueprint is exempt (by name, nested blueprints
-        included) for the apps of this extension.
+        registered. A blueprint object is exempt, with the blueprints nested
+        in it, in the apps of this extension, whatever name it is registered
+        under; another blueprint that happens to share its name is not.
         """
         if isinstance(view, Blueprint):
-            self._exempt_blueprints.add(view.name)
+            if all(view is not known for known in self._exempt_blueprints):
+                self._exempt_blueprints.append(view)
         else:
             setattr(view, _EXEMPT_MARK, True)
         return view
@@ -259,38 +271,31 @@ class _AppState:
     """
 
     __slots__ = (
-        "allow_options",
+        "blueprints",
         "exempt_endpoints",
-        "exempt_paths",
         "extension",
+        "gate",
         "keys",
-        "realm",
-        "retry_after",
         "view_functions",
     )
 
     def __init__(
         self,
         extension: VemetricAuth,
-        keys: KeyManager,
+        gate: RequestGate,
         *,
-        realm: str,
-        retry_after: int,
-        allow_options: bool,
-        exempt_paths: frozenset[str],
         exempt_endpoints: frozenset[str],
         view_functions: dict[str, Callable[..., Any]],
+        blueprints: Mapping[str, object],
     ) -> None:
         self.extension = extension
-        # The app's own dict, filled as routes are added; looked up here
-        # without going through current_app on every request.
-        self.view_functions = view_functions
-        self.keys = keys
-        self.realm = realm
-        self.retry_after = retry_after
-        self.allow_options = allow_options
-        self.exempt_paths = exempt_paths
+        self.gate = gate
+        self.keys = gate.keys
         self.exempt_endpoints = exempt_endpoints
+        # The app's own dicts, filled as routes and blueprints are added;
+        # looked up here without going through current_app on every request.
+        self.view_functions = view_functions
+        self.blueprints = blueprints
 
     def check_request(self) -> Response | None:
         """The ``before_request`` function: ``None`` lets the request through."""
@@ -298,27 +303,21 @@ class _AppState:
         # about as much as the whole check of a cached key: resolve them once.
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
         environ = req.environ
-        if self.allow_options and environ.get("REQUEST_METHOD") == "OPTIONS":
-            return None
-        # Matched as the middleware matches them, on PATH_INFO.
-        if self.exempt_paths and environ.get("PATH_INFO", "") in self.exempt_paths:
-            return None
-        if self._exempt_view(req):
+        gate = self.gate
+        if gate.passes_without_key(environ) or self._exempt_view(req):
             return None
         loader = self.extension._project_loader
         try:
             record = self.keys.authenticate_header(environ.get("HTTP_AUTHORIZATION"))
-            project = record.project_id if loader is None else loader(record.project_id)
-            if project is None:
-                _logger.info(
-                    "rejected key %s (%s): project %s not found",
-                    record.id,
-                    record.prefix,
-                    record.project_id,
-                )
-                raise InvalidApiKey()
+            project = (
+                record.project_id
+                if loader is None
+                else gate.load_project(record, loader)
+            )
         except AuthError as error:
-            return error_response(error, realm=self.realm, retry_after=self.retry_after)
+            # A new response each time: the app's after_request functions
+            # may add headers to it.
+            return gate.answer(error).response()
         environ[API_KEY_ENVIRON_KEY] = record
         environ[PROJECT_ID_ENVIRON_KEY] = record.project_id
         request_globals = g._get_current_object()
@@ -339,10 +338,16 @@ class _AppState:
         view = self.view_functions.get(endpoint)
         if view is not None and getattr(view, _EXEMPT_MARK, False):
             return True
-        exempt_blueprints = self.extension._exempt_blueprints
-        return bool(exempt_blueprints) and not exempt_blueprints.isdisjoint(
-            req.blueprints
-        )
+        exempt = self.extension._exempt_blueprints
+        if not exempt:
+            return False
+        # req.blueprints names the request's blueprint and its parents as
+        # registered on this app; compare the blueprint objects themselves.
+        for name in req.blueprints:
+            blueprint = self.blueprints.get(name)
+            if blueprint is not None and any(blueprint is bp for bp in exempt):
+                return True
+        return False
 
 
 # -- config ------------------------------------------------------------------
@@ -368,20 +373,11 @@ def _keys_from_config(config: Any) -> KeyManager:
         raise type(error)(f"VEMETRIC_AUTH_CACHE_TTL: {error}") from None
 
 
-def _config_realm(config: Any) -> str:
+def _config_value(config: Any, name: str, validate: Callable[[Any], _T]) -> _T:
     try:
-        return validate_realm(config["VEMETRIC_AUTH_REALM"])
-    except ValueError as error:
-        raise ValueError(f"VEMETRIC_AUTH_REALM: {error}") from None
-
-
-def _config_retry_after(config: Any) -> int:
-    value = config["VEMETRIC_AUTH_RETRY_AFTER"]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("VEMETRIC_AUTH_RETRY_AFTER must be an int")
-    if value < 0:
-        raise ValueError("VEMETRIC_AUTH_RETRY_AFTER must be 0 or more seconds")
-    return value
+        return validate(config[name])
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{name}: {error}") from None
 
 
 def _config_flag(config: Any, name: str) -> bool:
@@ -389,17 +385,6 @@ def _config_flag(config: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False")
     return value
-
-
-def _config_names(config: Any, name: str) -> frozenset[str]:
-    value: Iterable[object] = config[name]
-    # A lone string would be taken for a collection of one-letter names.
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be a list of strings, not a single string")
-    items = list(value)
-    if not all(isinstance(item, str) for item in items):
-        raise TypeError(f"{name} must be a list of strings")
-    return frozenset(item for item in items if isinstance(item, str))
 
 
 # -- flask vemetric-auth -----------------------------------------------------

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ._http import ErrorAnswer, error_answers, validate_realm
+from ._http import RequestGate
 from .errors import AuthError
 from .manager import KeyManager
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["API_KEY_ENVIRON_KEY", "PROJECT_ID_ENVIRON_KEY", "ApiKeyMiddleware"]
+__all__ = [
+    "API_KEY_ENVIRON_KEY",
+    "PROJECT_ENVIRON_KEY",
+    "PROJECT_ID_ENVIRON_KEY",
+    "ApiKeyMiddleware",
+]
 
 #: The environ entry holding the request's :class:`~vemetric_auth.ApiKey`.
 API_KEY_ENVIRON_KEY = "vemetric_auth.api_key"
 #: The environ entry holding the request's project id (str).
 PROJECT_ID_ENVIRON_KEY = "vemetric_auth.project_id"
+#: The environ entry holding what ``project_loader`` returned, when one is given.
+PROJECT_ENVIRON_KEY = "vemetric_auth.project"
 
 
 class ApiKeyMiddleware:
@@ -38,6 +45,12 @@ class ApiKeyMiddleware:
     :param allow_options: Let ``OPTIONS`` requests (CORS preflight) through
         without a key.
     :param retry_after: Seconds sent in ``Retry-After`` with a ``503``.
+    :param project_loader: Called with the key's project id once the key is
+        verified; its result goes in the environ entry
+        ``vemetric_auth.project``. ``None`` from it means the project no longer
+        exists, and the request is refused as with an invalid key (``401``,
+        case 4). An :class:`~vemetric_auth.AuthError` it raises is answered
+        as such (``StoreUnavailable``: ``503``); other exceptions propagate.
 
     .. code-block:: python
 
@@ -60,37 +73,33 @@ class ApiKeyMiddleware:
         exempt_paths: Iterable[str] = (),
         allow_options: bool = True,
         retry_after: int = 5,
+        project_loader: Callable[[str], object] | None = None,
     ) -> None:
-        if isinstance(exempt_paths, str):
-            raise TypeError("exempt_paths must be a collection of paths, not a str")
-        if isinstance(retry_after, bool) or not isinstance(retry_after, int):
-            raise TypeError("retry_after must be an int")
-        if retry_after < 0:
-            raise ValueError("retry_after must be 0 or more seconds")
         self.app = app
         self.keys = keys
-        self.realm = validate_realm(realm)
-        self.exempt_paths = frozenset(exempt_paths)
-        self.allow_options = allow_options
-        self.retry_after = retry_after
-        self._answers = error_answers(realm=self.realm, retry_after=retry_after)
+        self.project_loader = project_loader
+        self.gate = RequestGate(
+            keys,
+            realm=realm,
+            retry_after=retry_after,
+            exempt_paths=exempt_paths,
+            allow_options=allow_options,
+        )
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        if (self.allow_options and environ.get("REQUEST_METHOD") == "OPTIONS") or (
-            self.exempt_paths and environ.get("PATH_INFO", "") in self.exempt_paths
-        ):
+        gate = self.gate
+        if gate.passes_without_key(environ):
             return self.app(environ, start_response)
         try:
             record = self.keys.authenticate_header(environ.get("HTTP_AUTHORIZATION"))
-        except AuthError as error:
-            answer = self._answers.get(type(error))
-            if answer is None:  # an AuthError subclass of the application's
-                answer = ErrorAnswer(
-                    error, realm=self.realm, retry_after=self.retry_after
+            if self.project_loader is not None:
+                environ[PROJECT_ENVIRON_KEY] = gate.load_project(
+                    record, self.project_loader
                 )
-            return answer(environ, start_response)
+        except AuthError as error:
+            return gate.answer(error)(environ, start_response)
         environ[API_KEY_ENVIRON_KEY] = record
         environ[PROJECT_ID_ENVIRON_KEY] = record.project_id
         return self.app(environ, start_response)

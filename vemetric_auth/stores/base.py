@@ -7,7 +7,10 @@ from typing import Protocol, runtime_checkable
 
 from ..records import ApiKey
 
-__all__ = ["KeyStore"]
+__all__ = ["DEFAULT_TABLE_NAME", "KeyStore"]
+
+#: The table a SQL key store keeps keys in unless told otherwise.
+DEFAULT_TABLE_NAME = "vemetric_api_keys"
 
 
 @runtime_checkable

@@ -56,13 +56,13 @@ from sqlalchemy.types import TypeDecorator
 from ..errors import DuplicatePrefix
 from ..keys import LOOKUP_PREFIX_LENGTH
 from ..records import MAX_ID_LENGTH, MAX_NAME_LENGTH, ApiKey
+from .base import DEFAULT_TABLE_NAME
 
 __all__ = ["DEFAULT_TABLE_NAME", "SQLKeyStore", "create_table_sql"]
 
 logger = logging.getLogger("vemetric_auth")
 
 #: The table :class:`SQLKeyStore` uses unless told otherwise.
-DEFAULT_TABLE_NAME = "vemetric_api_keys"
 
 _DEFAULT_CONNECT_TIMEOUT = 5.0
 _DEFAULT_STATEMENT_TIMEOUT = 5.0
