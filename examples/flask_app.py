@@ -40,7 +40,9 @@ from sqlalchemy import (
     create_engine,
     select,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
+from vemetric_auth import StoreUnavailable
 from vemetric_auth.flask import VemetricAuth
 
 # The extension holds no app: one instance serves every app create_app makes.
@@ -67,7 +69,8 @@ class Projects:
     """The host application's projects, in a table beside the keys."""
 
     def __init__(self, database_url: str) -> None:
-        self.engine: Engine = create_engine(database_url)
+        # Checked before use, so a database restart costs no failed request.
+        self.engine: Engine = create_engine(database_url, pool_pre_ping=True)
         _metadata.create_all(self.engine)
         # Hold no connection open: a server that forks (gunicorn --preload)
         # must not share one between processes.
@@ -135,8 +138,12 @@ def projects() -> Projects:
 
 @auth.project_loader
 def load_project(project_id: str) -> dict[str, Any] | None:
-    # None when the project is gone: the key is then refused (401).
-    return projects().get(project_id)
+    # None when the project is gone: the key is then refused (401). While the
+    # projects database is down, answer 503 as for the key store, not 500.
+    try:
+        return projects().get(project_id)
+    except SQLAlchemyError:
+        raise StoreUnavailable() from None
 
 
 @api.get("/v1/project")

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from argon2 import PasswordHasher, profiles
@@ -27,13 +28,17 @@ class CountingHasher(PasswordHasher):
         )
         self.verifications = 0
         self.hashes = 0
+        # argon2 runs on the manager's worker threads: count under a lock.
+        self._count_lock = threading.Lock()
 
-    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
-        self.verifications += 1
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        with self._count_lock:
+            self.verifications += 1
         return super().verify(hash, password)
 
     def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
-        self.hashes += 1
+        with self._count_lock:
+            self.hashes += 1
         return super().hash(password, salt=salt)
 
 

@@ -28,7 +28,7 @@ LOOKUP_PREFIX_LENGTH = 12
 
 _SECRET_LENGTH = KEY_LENGTH - len(KEY_PREFIX)
 _FORMAT = re.compile(r"vem_[a-z0-9]{32}")
-_KEY_START = re.compile(r"vem_[a-z0-9]{8}")
+_KEY_ANYWHERE = re.compile(r"vem_[a-z0-9]{32}")
 
 
 def generate_key() -> str:
@@ -66,9 +66,10 @@ def display_prefix(key: str) -> str:
 
 
 def holds_key(text: str) -> bool:
-    """Tell whether *text* holds an API key, or its first 12 characters.
+    """Tell whether an API key stands anywhere in *text*.
 
-    For refusing a key pasted where an id or a name belongs, before it reaches
-    a store, a log or an error message.
+    For refusing a key pasted where a name or an id belongs, before it reaches
+    a store, a log or an error message. Text that merely starts like a key,
+    such as ``"vem_analytics"``, is not one.
     """
-    return _KEY_START.search(text) is not None
+    return _KEY_ANYWHERE.search(text) is not None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import os
+import re
 import threading
 import time
 import unicodedata
@@ -13,7 +15,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -43,9 +45,13 @@ logger = logging.getLogger("vemetric_auth")
 _CREATE_ATTEMPTS = 10
 _STRIPES = 64
 _T = TypeVar("_T")
+# The first 12 characters of a key: a key, or its display prefix, given as an id.
+_KEY_START = re.compile(r"vem_[a-z0-9]{8}")
 # Threads for store reads on the request path: as many lookups as this may be
 # waiting on a database at once; more wait their turn within store_timeout.
 _LOOKUP_THREADS = 16
+# Calls that may wait for one of those threads; past that, 503 at once.
+_LOOKUP_BACKLOG = 256
 
 
 class KeyManager:
@@ -65,11 +71,12 @@ class KeyManager:
         ``None`` means the number of CPUs. Others wait their turn, which
         bounds the memory a flood of wrong secrets can take. Cached keys
         never wait.
-    :param store_timeout: Seconds a request waits for the store's answer
-        before it is answered ``503``, whatever the store does: a database
-        that stops answering can not hang the request threads. The lookups
-        then run on a few threads of their own. ``None`` calls the store
-        directly and relies on its own timeouts.
+    :param store_timeout: Seconds a request (or a create, list, get or
+        revoke) waits for the store's answer before it is answered ``503``
+        (:class:`StoreUnavailable`), whatever the store does: a database that
+        stops answering can not hang the request threads. Store calls then run
+        on a few threads of their own. ``None`` calls the store directly and
+        relies on its own timeouts.
 
     .. code-block:: python
 
@@ -131,13 +138,21 @@ class KeyManager:
         self._lookups = (
             None
             if store_timeout is None
-            else _Workers(_LOOKUP_THREADS, "vemetric-auth-lookup")
+            else _Workers(
+                _LOOKUP_THREADS, "vemetric-auth-store", backlog=_LOOKUP_BACKLOG
+            )
         )
         # Requests for one key wait for each other, so that a burst of
         # first requests runs argon2 once.
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._clock_lock = threading.Lock()
         self._last_created: datetime | None = None
+        _ALL_MANAGERS.add(self)
+
+    def _after_fork(self) -> None:
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._clock_lock = threading.Lock()
+        self._cache._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<KeyManager store={self._store!r} cache_ttl={self._cache_ttl}>"
@@ -179,8 +194,11 @@ class KeyManager:
 
         :raises ValueError: an empty or over-long *project_id*, a *name* that is
             empty or over 100 characters once trimmed or has control
-            characters, an over-long *created_by*. Nothing is stored.
-        :raises StoreUnavailable: the store failed; nothing was created.
+            characters, an over-long *created_by*, or any of them holding an
+            API key. Nothing is stored.
+        :raises StoreUnavailable: the store failed, or did not answer within
+            :attr:`store_timeout`. The key was shown to no one; should the
+            store still write it later, it is revoked as soon as it does.
         """
         project_id = _check_id(project_id, "project_id")
         name = _check_name(name)
@@ -199,7 +217,13 @@ class KeyManager:
             )
             key_hash = self._argon2.run(self._hasher.hash, key)
             try:
-                self._store.add(record, key_hash)
+                self._call_store(
+                    self._deadline(),
+                    self._store.add,
+                    record,
+                    key_hash,
+                    late=functools.partial(self._revoke_unseen, record),
+                )
             except DuplicatePrefix:
                 logger.info("prefix %s is taken, drawing another key", record.prefix)
                 continue
@@ -222,11 +246,16 @@ class KeyManager:
         has no keys: the result is ``[]``.
 
         :raises ValueError: an empty *project_id*.
-        :raises StoreUnavailable: the store failed.
+        :raises StoreUnavailable: the store failed or did not answer within
+            :attr:`store_timeout`.
         """
         project_id = _check_id(project_id, "project_id")
         try:
-            return self._store.list(project_id, include_revoked=include_revoked)
+            return self._call_store(
+                self._deadline(),
+                functools.partial(self._store.list, include_revoked=include_revoked),
+                project_id,
+            )
         except Exception as exc:
             logger.warning("key store failed while listing keys", exc_info=True)
             raise StoreUnavailable() from exc
@@ -240,7 +269,7 @@ class KeyManager:
         """
         key_id = _check_key_id(key_id)
         try:
-            record = self._store.get(key_id)
+            record = self._call_store(self._deadline(), self._store.get, key_id)
         except Exception as exc:
             logger.warning("key store failed while reading a key", exc_info=True)
             raise StoreUnavailable() from exc
@@ -270,8 +299,12 @@ class KeyManager:
         # meanwhile can not put it back (see _VerifiedKeys.put).
         self._cache.forget(key_id)
         try:
-            record = self._store.revoke(
-                key_id, revoked_at=_utcnow(), revoked_by=revoked_by
+            record = self._call_store(
+                self._deadline(),
+                functools.partial(
+                    self._store.revoke, revoked_at=_utcnow(), revoked_by=revoked_by
+                ),
+                key_id,
             )
         except Exception as exc:
             logger.warning("key store failed while revoking a key", exc_info=True)
@@ -282,6 +315,15 @@ class KeyManager:
             raise KeyNotFound()
         logger.info("revoked key %s (%s)", record.id, record.prefix)
         return record
+
+    def _revoke_unseen(self, record: ApiKey, _: object) -> None:
+        """Revoke a key whose creation the caller gave up on: nobody has it."""
+        self._store.revoke(
+            record.id,
+            revoked_at=_utcnow(),
+            revoked_by="vemetric-auth: created after its request timed out",
+        )
+        logger.warning("revoked key %s: stored after its creation timed out", record.id)
 
     # -- authentication ----------------------------------------------------
 
@@ -324,7 +366,9 @@ class KeyManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         stripe = self._stripes[digest[0] % _STRIPES]
         if not stripe.acquire(timeout=-1 if timeout is None else timeout):
-            logger.warning("key store too slow, answering 503")
+            logger.warning(
+                "timed out waiting for the verification of the same key, answering 503"
+            )
             raise StoreUnavailable()
         try:
             entry = self._cache.get(digest)
@@ -339,6 +383,8 @@ class KeyManager:
     def _verify(self, key: str, digest: bytes, deadline: float | None) -> ApiKey:
         prefix = display_prefix(key)
         generation = self._cache.generation
+        # Freshness counts from the read, not from the end of the verification.
+        read_at = time.monotonic()
         try:
             found = self._call_store(deadline, self._store.find_by_prefix, prefix)
         except Exception:
@@ -367,15 +413,25 @@ class KeyManager:
                 logger.warning("could not store the new hash of key %s", record.id)
             else:
                 logger.info("rehashed key %s with the current parameters", record.id)
-        self._cache.put(digest, record, self._fresh_until(), generation)
+        self._cache.put(digest, record, read_at + self._cache_ttl, generation)
         logger.debug("authenticated key %s (%s)", record.id, prefix)
         return record
 
-    def _call_store(
-        self, deadline: float | None, method: Callable[..., _T], *args: str
-    ) -> _T:
-        """Call a store method of the request path, answered before *deadline*.
+    def _deadline(self) -> float | None:
+        if self._store_timeout is None:
+            return None
+        return time.monotonic() + self._store_timeout
 
+    def _call_store(
+        self,
+        deadline: float | None,
+        method: Callable[..., _T],
+        *args: Any,
+        late: Callable[[_T], object] | None = None,
+    ) -> _T:
+        """Call a store method, answered before *deadline*.
+
+        :param late: Called with the result if the store answers after all.
         :raises TimeoutError: the deadline passed first.
         """
         if self._lookups is None or deadline is None:
@@ -383,7 +439,7 @@ class KeyManager:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("no time left for the store")
-        return self._lookups.run(method, *args, timeout=remaining)
+        return self._lookups.run(method, *args, timeout=remaining, late=late)
 
     def _check(self, key_hash: str, key: str) -> str | None:
         """Verify *key* against *key_hash*; return a new hash if it needs one."""
@@ -394,6 +450,7 @@ class KeyManager:
 
     def _recheck(self, digest: bytes, cached: ApiKey, deadline: float | None) -> ApiKey:
         generation = self._cache.generation
+        read_at = time.monotonic()
         try:
             record = self._call_store(deadline, self._store.get, cached.id)
         except Exception:
@@ -403,11 +460,8 @@ class KeyManager:
             self._cache.forget(cached.id)
             logger.info("rejected revoked key %s (%s)", cached.id, cached.prefix)
             raise InvalidApiKey()
-        self._cache.put(digest, record, self._fresh_until(), generation)
+        self._cache.put(digest, record, read_at + self._cache_ttl, generation)
         return record
-
-    def _fresh_until(self) -> float:
-        return time.monotonic() + self._cache_ttl
 
     def _creation_time(self) -> datetime:
         # Strictly increasing within a process, so "newest first" has no ties.
@@ -426,42 +480,86 @@ class _Workers:
     them on a few threads bounds memory: the allocator keeps the memory an
     argon2 run used in the arena of the thread that ran it, so argon2 on every
     request thread of a busy server would pin memory_cost per request thread.
-    For store reads, it lets a caller give up on a store that does not answer.
+    For store calls, it lets a caller give up on a store that does not answer;
+    *backlog* then bounds how many calls may wait for a thread, so a hung
+    store costs no memory per request beyond that.
     """
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str, *, backlog: int | None = None) -> None:
         self._size = size
         self._name = name
+        self._backlog = backlog
+        self._pending = 0
+        self._pending_lock = threading.Lock()
         self._executor = self._new_executor()
         _ALL_WORKERS.add(self)
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=self._size, thread_name_prefix=self._name)
 
+    def _after_fork(self) -> None:
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._executor = self._new_executor()
+
+    def _done(self, future: Future[Any]) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
     def run(
-        self, fn: Callable[..., _T], *args: Any, timeout: float | None = None
+        self,
+        fn: Callable[..., _T],
+        *args: Any,
+        timeout: float | None = None,
+        late: Callable[[_T], object] | None = None,
     ) -> _T:
         """Return ``fn(*args)``, run on a worker thread.
 
-        :raises TimeoutError: no result within *timeout* seconds. The call is
-            dropped if it had not started; one that did runs on, unwaited.
+        :param late: Called with the result if the call completes after the
+            caller gave up on it.
+        :raises TimeoutError: no result within *timeout* seconds, or the
+            backlog is full. The call is dropped if it had not started; one
+            that did runs on, unwaited.
         """
+        if self._backlog is not None:
+            with self._pending_lock:
+                if self._pending >= self._size + self._backlog:
+                    raise TimeoutError("all store threads are busy")
+                self._pending += 1
         future = self._executor.submit(fn, *args)
+        if self._backlog is not None:
+            future.add_done_callback(self._done)
         try:
             return future.result(timeout)
         except FuturesTimeout:
-            future.cancel()
+            if not future.cancel() and late is not None:
+                future.add_done_callback(functools.partial(_call_late, late))
             raise TimeoutError(f"no answer within {timeout} seconds") from None
+
+
+def _call_late(late: Callable[[Any], object], future: Future[Any]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    try:
+        late(future.result())
+    except Exception:
+        logger.warning("could not finish a store call that timed out", exc_info=True)
 
 
 _ALL_WORKERS: weakref.WeakSet[_Workers] = weakref.WeakSet()
 
 
+_ALL_MANAGERS: weakref.WeakSet[KeyManager] = weakref.WeakSet()
+
+
 def _reset_after_fork() -> None:
-    # A forked child (a pre-forking server) has none of the parent's threads:
-    # give each pool an executor of its own.
+    # A forked child (a pre-forking server) has only the thread that forked:
+    # give each pool an executor of its own, and make new the locks another
+    # thread of the parent may have held at the fork.
     for workers in list(_ALL_WORKERS):
-        workers._executor = workers._new_executor()
+        workers._after_fork()
+    for manager in list(_ALL_MANAGERS):
+        manager._after_fork()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -535,13 +633,16 @@ def _check_id(value: object, what: str) -> str:
         raise ValueError(f"{what} must be at most {MAX_ID_LENGTH} characters")
     if _has_control(value):
         raise ValueError(f"{what} must not contain control characters")
+    if holds_key(value):
+        raise ValueError(f"{what} must not contain an API key")
     return value
 
 
 def _check_key_id(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError("key_id must be a str")
-    if holds_key(value):
+    # A display prefix given as an id is refused as well: ids never start so.
+    if _KEY_START.search(value) or holds_key(value):
         raise ValueError(
             "that is an API key, not a key id: give the id that list shows"
         )
@@ -560,6 +661,8 @@ def _check_name(value: object) -> str:
         )
     if _has_control(name):
         raise ValueError("name must not contain control characters")
+    if holds_key(name):
+        raise ValueError("name must not contain an API key")
     return name
 
 
