@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import pytest
@@ -133,3 +133,23 @@ def flaky_store(memory_store: InMemoryKeyStore) -> FlakyStore:
 @pytest.fixture
 def flaky_keys(flaky_store: FlakyStore, hasher: CountingHasher) -> KeyManager:
     return KeyManager(flaky_store, hasher=hasher)
+
+
+def run_threads(target: Callable[[int], object], count: int) -> list[BaseException]:
+    """Run ``target(n)`` on *count* threads released at once; return what they raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            target(n)
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return errors

@@ -9,7 +9,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import CountingHasher
+from conftest import CountingHasher, run_threads
 from werkzeug.test import Client
 
 import vemetric_auth.manager
@@ -127,25 +126,6 @@ class TestSQLKeyStoreContract(KeyStoreContract):
 
 def _cheap_manager(store: KeyStore, **options: Any) -> KeyManager:
     return KeyManager(store, hasher=CountingHasher(), **options)
-
-
-def _run_threads(target: Callable[[int], object], count: int) -> list[BaseException]:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(count)
-
-    def run(n: int) -> None:
-        try:
-            barrier.wait()
-            target(n)
-        except BaseException as exc:  # reported to the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return errors
 
 
 def _pooled(engine: sa.Engine) -> int:
@@ -276,7 +256,7 @@ def test_creating_the_schema_is_idempotent(make_store: MakeStore) -> None:
 
 def test_threads_creating_the_schema_at_once(make_store: MakeStore) -> None:
     stores = [make_store() for _ in range(8)]
-    errors = _run_threads(lambda n: stores[n].create_table(), len(stores))
+    errors = run_threads(lambda n: stores[n].create_table(), len(stores))
     assert errors == []
     record = make_record()
     stores[0].add(record, "hash")
@@ -291,7 +271,7 @@ def test_creators_not_taking_turns_find_the_table_made_meanwhile(
     stores = [make_store() for _ in range(6)]
     for store in stores:
         monkeypatch.setattr(store, "_dialect_name", "another-database")
-    errors = _run_threads(lambda n: stores[n].create_table(), len(stores))
+    errors = run_threads(lambda n: stores[n].create_table(), len(stores))
     assert errors == []
     record = make_record()
     stores[0].add(record, "hash")
@@ -439,7 +419,7 @@ def test_a_forked_child_does_not_use_the_parents_connections(tmp_path: Path) -> 
 def test_in_memory_sqlite_is_shared_by_threads() -> None:
     with SQLKeyStore("sqlite://") as store:
         keys = _cheap_manager(store)
-        errors = _run_threads(lambda n: keys.create("proj_1", f"key {n}"), 8)
+        errors = run_threads(lambda n: keys.create("proj_1", f"key {n}"), 8)
         assert errors == []
         assert len(store.list("proj_1")) == 8
 
@@ -486,7 +466,7 @@ def test_threads_create_and_authenticate_through_one_manager(
             assert keys.authenticate(issued.key) == issued.record
             created.append(issued.record.id)
 
-    assert _run_threads(work, 10) == []
+    assert run_threads(work, 10) == []
     stored = [record.id for record in sql_store.list("proj_1")]
     assert len(stored) == len(set(stored)) == 80
     assert set(stored) == set(created)
@@ -503,7 +483,7 @@ def test_racing_revokers_all_get_the_one_revocation(sql_store: SQLKeyStore) -> N
             record.id, revoked_at=base + timedelta(seconds=n), revoked_by=f"admin {n}"
         )
 
-    assert _run_threads(revoke, len(results)) == []
+    assert run_threads(revoke, len(results)) == []
     assert results[0] is not None
     assert results[0].revoked_at is not None
     assert results == [results[0]] * len(results)

@@ -10,32 +10,12 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import CountingHasher
+from conftest import CountingHasher, run_threads
 
 from vemetric_auth import InMemoryKeyStore, InvalidApiKey, KeyManager
-
-
-def run_threads(target: Callable[[int], None], count: int) -> list[BaseException]:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(count)
-
-    def wrapped(n: int) -> None:
-        barrier.wait()
-        try:
-            target(n)
-        except BaseException as exc:  # collected and asserted on
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrapped, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
 
 
 def test_cache_under_eviction_pressure_and_concurrent_revocation() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CountingHasher
+from conftest import CountingHasher, run_threads
 from flask import Flask, g
 from werkzeug.test import Client
 
@@ -43,25 +43,6 @@ from vemetric_auth.flask import VemetricAuth
 from vemetric_auth.manager import _STRIPES
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def run_threads(target: Callable[[int], None], count: int) -> list[BaseException]:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(count)
-
-    def wrapped(n: int) -> None:
-        try:
-            barrier.wait()
-            target(n)
-        except BaseException as exc:  # collected and asserted on
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrapped, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return errors
 
 
 class PausingHasher(CountingHasher):
