@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import math
 import os
+import queue
 import re
 import threading
 import time
@@ -14,8 +16,8 @@ import unicodedata
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -43,7 +45,6 @@ logger = logging.getLogger("vemetric_auth")
 # A fresh key collides with a stored display prefix with a chance of about
 # n / 36**8 for n stored keys; ten draws in a row are never all taken.
 _CREATE_ATTEMPTS = 10
-_STRIPES = 64
 _T = TypeVar("_T")
 # The first 12 characters of a key: a key, or its display prefix, given as an id.
 _KEY_START = re.compile(r"vem_[a-z0-9]{8}")
@@ -142,17 +143,17 @@ class KeyManager:
                 _LOOKUP_THREADS, "vemetric-auth-store", backlog=_LOOKUP_BACKLOG
             )
         )
-        # Requests for one key wait for each other, so that a burst of
-        # first requests runs argon2 once.
-        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._in_flight = _InFlight()
         self._clock_lock = threading.Lock()
         self._last_created: datetime | None = None
         _ALL_MANAGERS.add(self)
 
     def _after_fork(self) -> None:
-        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        # Another thread of the parent may have held any of these, or been in
+        # the middle of a cache update: the child starts them afresh.
+        self._in_flight = _InFlight()
         self._clock_lock = threading.Lock()
-        self._cache._lock = threading.Lock()
+        self._cache = _VerifiedKeys(self._cache.size)
 
     def __repr__(self) -> str:
         return f"<KeyManager store={self._store!r} cache_ttl={self._cache_ttl}>"
@@ -305,6 +306,9 @@ class KeyManager:
                     self._store.revoke, revoked_at=_utcnow(), revoked_by=revoked_by
                 ),
                 key_id,
+                # A revocation that lands after its timeout must still evict a
+                # verification cached in between.
+                late=lambda landed: self._cache.forget(key_id),
             )
         except Exception as exc:
             logger.warning("key store failed while revoking a key", exc_info=True)
@@ -313,6 +317,9 @@ class KeyManager:
             self._cache.forget(key_id)
         if record is None:
             raise KeyNotFound()
+        # The store may match ids in its own way (a case-insensitive column):
+        # evict under the id it answered with too.
+        self._cache.forget(record.id)
         logger.info("revoked key %s (%s)", record.id, record.prefix)
         return record
 
@@ -359,26 +366,24 @@ class KeyManager:
         return self._authenticate_cold(key, digest)
 
     def _authenticate_cold(self, key: str, digest: bytes) -> ApiKey:
-        # One deadline for the whole request: waiting for the stripe, then
-        # for the store. Requests queued behind a hung store then fail within
-        # store_timeout too, rather than one timeout after another.
+        # One deadline for the whole request: waiting for another request of
+        # the same key, then for the store. Requests queued behind a hung
+        # store then fail within store_timeout too, not one after another.
         timeout = self._store_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        stripe = self._stripes[digest[0] % _STRIPES]
-        if not stripe.acquire(timeout=-1 if timeout is None else timeout):
-            logger.warning(
-                "timed out waiting for the verification of the same key, answering 503"
-            )
-            raise StoreUnavailable()
-        try:
+        with self._in_flight.turn(digest, timeout) as got_turn:
+            if not got_turn:
+                logger.warning(
+                    "timed out waiting for another request of the same key, "
+                    "answering 503"
+                )
+                raise StoreUnavailable()
             entry = self._cache.get(digest)
             if entry is None:
                 return self._verify(key, digest, deadline)
             if time.monotonic() < entry[1]:
                 return entry[0]
             return self._recheck(digest, entry[0], deadline)
-        finally:
-            stripe.release()
 
     def _verify(self, key: str, digest: bytes, deadline: float | None) -> ApiKey:
         prefix = display_prefix(key)
@@ -405,6 +410,13 @@ class KeyManager:
         except (VerificationError, InvalidHashError):
             logger.error("stored hash of key %s can not be verified", record.id)
             raise InvalidApiKey() from None
+        except Exception:
+            # Not an answer about the key (the workers are shutting down, say):
+            # fail closed, as for a store failure.
+            logger.warning(
+                "could not verify key %s, answering 503", record.id, exc_info=True
+            )
+            raise StoreUnavailable() from None
         if new_hash is not None:
             try:
                 self._call_store(deadline, self._store.set_hash, record.id, new_hash)
@@ -473,8 +485,43 @@ class KeyManager:
             return now
 
 
+class _InFlight:
+    """Lets requests for one key digest take turns, and nothing else wait.
+
+    A burst of first requests for a key then runs argon2 once, while requests
+    for other keys go on in parallel. Turns are created on demand and dropped
+    when nobody waits, so the table only holds keys being checked right now.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._turns: dict[bytes, list[Any]] = {}  # digest -> [lock, users]
+
+    @contextlib.contextmanager
+    def turn(self, digest: bytes, timeout: float | None) -> Iterator[bool]:
+        """Wait for this digest's turn, at most *timeout* seconds; yield whether
+        it came."""
+        with self._lock:
+            turn = self._turns.get(digest)
+            if turn is None:
+                turn = self._turns[digest] = [threading.Lock(), 0]
+            turn[1] += 1
+        lock: threading.Lock = turn[0]
+        got = lock.acquire(timeout=-1 if timeout is None else timeout)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
+            with self._lock:
+                turn[1] -= 1
+                if turn[1] == 0:
+                    del self._turns[digest]
+
+
 class _Workers:
-    """Runs calls on at most *size* dedicated threads, callers waiting their turn.
+    """Runs calls on at most *size* dedicated daemon threads, callers waiting
+    their turn.
 
     For argon2, besides bounding how many computations run at once, keeping
     them on a few threads bounds memory: the allocator keeps the memory an
@@ -482,29 +529,68 @@ class _Workers:
     request thread of a busy server would pin memory_cost per request thread.
     For store calls, it lets a caller give up on a store that does not answer;
     *backlog* then bounds how many calls may wait for a thread, so a hung
-    store costs no memory per request beyond that.
+    store costs no memory per request beyond that. The threads are daemons,
+    so a call stuck in a hung store never keeps the process from exiting.
     """
 
     def __init__(self, size: int, name: str, *, backlog: int | None = None) -> None:
         self._size = size
         self._name = name
         self._backlog = backlog
-        self._pending = 0
-        self._pending_lock = threading.Lock()
-        self._executor = self._new_executor()
+        self._reset()
         _ALL_WORKERS.add(self)
 
-    def _new_executor(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self._size, thread_name_prefix=self._name)
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+        ] = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0
+        self._pending = 0
 
     def _after_fork(self) -> None:
-        self._pending = 0
-        self._pending_lock = threading.Lock()
-        self._executor = self._new_executor()
+        # The child has none of the parent's threads, and none of its queue.
+        self._reset()
 
-    def _done(self, future: Future[Any]) -> None:
-        with self._pending_lock:
-            self._pending -= 1
+    def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        """Queue ``fn(*args)`` for a worker thread.
+
+        :raises TimeoutError: the backlog is full.
+        """
+        future: Future[_T] = Future()
+        with self._lock:
+            if (
+                self._backlog is not None
+                and self._pending >= self._size + self._backlog
+            ):
+                raise TimeoutError("all store threads are busy")
+            self._pending += 1
+            self._queue.put((future, fn, args))
+            if self._idle == 0 and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(
+                    target=self._work,
+                    name=f"{self._name}-{self._threads}",
+                    daemon=True,
+                ).start()
+            elif self._idle > 0:
+                self._idle -= 1
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            with self._lock:
+                self._pending -= 1
+                self._idle += 1
 
     def run(
         self,
@@ -521,14 +607,7 @@ class _Workers:
             backlog is full. The call is dropped if it had not started; one
             that did runs on, unwaited.
         """
-        if self._backlog is not None:
-            with self._pending_lock:
-                if self._pending >= self._size + self._backlog:
-                    raise TimeoutError("all store threads are busy")
-                self._pending += 1
-        future = self._executor.submit(fn, *args)
-        if self._backlog is not None:
-            future.add_done_callback(self._done)
+        future = self.submit(fn, *args)
         try:
             return future.result(timeout)
         except FuturesTimeout:
@@ -575,7 +654,7 @@ class _VerifiedKeys:
     """
 
     def __init__(self, size: int) -> None:
-        self._size = size
+        self.size = size
         self._lock = threading.Lock()
         self._entries: OrderedDict[bytes, tuple[ApiKey, float]] = OrderedDict()
         self._digests: dict[str, bytes] = {}
@@ -608,7 +687,7 @@ class _VerifiedKeys:
             self._entries[digest] = (record, fresh_until)
             self._entries.move_to_end(digest)
             self._digests[record.id] = digest
-            while len(self._entries) > self._size:
+            while len(self._entries) > self.size:
                 _, (old, _) = self._entries.popitem(last=False)
                 self._digests.pop(old.id, None)
 
