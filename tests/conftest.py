@@ -153,3 +153,16 @@ def run_threads(target: Callable[[int], object], count: int) -> list[BaseExcepti
     for thread in threads:
         thread.join(timeout=60)
     return errors
+
+
+def assert_each_key_as_stored(keys: KeyManager, issued: list[Any]) -> None:
+    """Every issued key authenticates exactly while its stored record is active."""
+    from vemetric_auth import InvalidApiKey
+
+    for item in issued:
+        record = keys.get(item.record.id)
+        if record.revoked:
+            with pytest.raises(InvalidApiKey):
+                keys.authenticate(item.key)
+        else:
+            assert keys.authenticate(item.key) == record

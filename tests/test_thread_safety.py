@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import CountingHasher, run_threads
+from conftest import CountingHasher, assert_each_key_as_stored, run_threads
 
 from vemetric_auth import InMemoryKeyStore, InvalidApiKey, KeyManager
 
@@ -118,10 +118,4 @@ def test_in_memory_store_mixed_operations_from_many_threads() -> None:
         "p1", include_revoked=True
     )
     assert sorted(r.id for r in everything) == sorted(i.record.id for i in created)
-    for issued in created:
-        record = keys.get(issued.record.id)
-        if record.revoked:
-            with pytest.raises(InvalidApiKey):
-                keys.authenticate(issued.key)
-        else:
-            assert keys.authenticate(issued.key) == record
+    assert_each_key_as_stored(keys, created)

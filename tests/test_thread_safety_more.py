@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CountingHasher, run_threads
+from conftest import CountingHasher, assert_each_key_as_stored, run_threads
 from flask import Flask, g
 from werkzeug.test import Client
 
@@ -304,13 +304,7 @@ def test_sqlite_store_under_mixed_work_from_many_threads(
             "p1", include_revoked=True
         )
         assert sorted(r.id for r in stored) == sorted(i.record.id for i in created)
-        for issued in created:
-            record = keys.get(issued.record.id)
-            if record.revoked:
-                with pytest.raises(InvalidApiKey):
-                    keys.authenticate(issued.key)
-            else:
-                assert keys.authenticate(issued.key) == record
+        assert_each_key_as_stored(keys, created)
 
 
 def test_closing_a_file_store_while_threads_use_it_fails_no_request(
