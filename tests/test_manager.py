@@ -612,3 +612,16 @@ def test_key_not_found_does_not_repeat_the_id(keys: KeyManager) -> None:
         keys.get("0123456789abcdef" * 2)
     assert "0123456789abcdef" not in str(info.value)
     assert str(info.value) == "no API key with this id"
+
+
+def test_cache_ttl_zero_reads_the_record_on_every_request_without_argon2(
+    flaky_store: FlakyStore, hasher: CountingHasher
+) -> None:
+    keys = KeyManager(flaky_store, hasher=hasher, cache_ttl=0)
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    gets_before = flaky_store.calls.get("get", 0)
+    for _ in range(5):
+        assert keys.authenticate(issued.key) == issued.record
+    assert flaky_store.calls.get("get", 0) == gets_before + 5
+    assert hasher.verifications == 1

@@ -442,3 +442,20 @@ def test_without_a_loader_no_project_entry_is_added(
 ) -> None:
     client.get("/", headers={"Authorization": "Bearer " + issued.key})
     assert "vemetric_auth.project" not in downstream.calls[0]
+
+
+def test_the_apps_own_status_and_headers_pass_through(
+    flaky_keys: KeyManager, issued: Any
+) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response(
+            "418 I'm a teapot", [("Content-Type", "text/x-tea"), ("X-Brew", "green")]
+        )
+        return [b"short and stout"]
+
+    client = Client(ApiKeyMiddleware(app, flaky_keys))
+    response = client.get("/", headers={"Authorization": "Bearer " + issued.key})
+    assert response.status == "418 I'm a teapot"
+    assert response.headers["Content-Type"] == "text/x-tea"
+    assert response.headers["X-Brew"] == "green"
+    assert response.data == b"short and stout"

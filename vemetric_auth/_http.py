@@ -39,7 +39,6 @@ __all__ = [
     "RequestGate",
     "bearer_token",
     "error_answers",
-    "error_response",
     "validate_paths",
     "validate_realm",
     "validate_retry_after",
@@ -272,11 +271,3 @@ def error_answers(
             StoreUnavailable,
         )
     }
-
-
-def error_response(error: AuthError, *, realm: str, retry_after: int) -> Response:
-    """Return a new response for *error*: its JSON body and RFC 6750 headers.
-
-    A new object each time, so a framework may add headers to it freely.
-    """
-    return ErrorAnswer(error, realm=realm, retry_after=retry_after).response()
