@@ -194,6 +194,23 @@ def test_naive_datetimes_are_refused(sql_store: SQLKeyStore) -> None:
     assert sql_store.get(record.id) is None
 
 
+def test_a_naive_revocation_time_is_refused_and_stores_nothing(
+    sql_store: SQLKeyStore,
+) -> None:
+    revoked = dataclasses.replace(make_record(), revoked_at=datetime(2026, 1, 2))
+    with pytest.raises(ValueError, match="timezone-aware") as raised:
+        sql_store.add(revoked, "hash")
+    assert not isinstance(raised.value, sa.exc.SQLAlchemyError)
+    assert sql_store.get(revoked.id) is None
+
+    record = make_record()
+    sql_store.add(record, "hash")
+    with pytest.raises(ValueError, match="timezone-aware") as raised:
+        sql_store.revoke(record.id, revoked_at=datetime(2026, 1, 2), revoked_by="bob")
+    assert not isinstance(raised.value, sa.exc.SQLAlchemyError)
+    assert sql_store.get(record.id) == record
+
+
 def test_prefix_is_unique_in_the_schema(
     sql_store: SQLKeyStore, engine_for: Callable[..., sa.Engine]
 ) -> None:
