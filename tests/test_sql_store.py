@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -431,6 +433,84 @@ def test_a_forked_child_does_not_use_the_parents_connections(tmp_path: Path) -> 
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert store.get(record.id) == record
+
+
+def _in_a_forked_child(work: Callable[[], bool], timeout: float = 30.0) -> int | None:
+    """Run *work* in a forked child: its exit code, 0 if it returned True.
+
+    ``None`` if the child hung; it is killed then.
+    """
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        try:
+            os._exit(0 if work() else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize(
+    ("backend", "lock"),
+    [
+        pytest.param("sqlite", "_table_lock", id="sqlite-table-lock"),
+        pytest.param(
+            "postgresql",
+            "_table_lock",
+            id="postgresql-table-lock",
+            marks=pytest.mark.postgres,
+        ),
+        pytest.param("sqlite-memory", "_table_lock", id="sqlite-memory-table-lock"),
+        pytest.param("sqlite-memory", "_turns", id="sqlite-memory-turns"),
+    ],
+)
+def test_a_child_forked_while_a_thread_holds_a_store_lock_works(
+    backend: str,
+    lock: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    table_name: str,
+) -> None:
+    # A pre-forking server forks while another thread is inside the store:
+    # the child has no such thread, and must not wait for it forever.
+    with SQLKeyStore(_url(backend, request, tmp_path), table_name=table_name) as store:
+        keys = _cheap_manager(store, cache_ttl=0)
+        if lock == "_turns":
+            keys.create("proj_1", "before the fork")  # the table is ready
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with getattr(store, lock):
+                held.set()
+                release.wait(60)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert held.wait(10)
+
+            def child() -> bool:
+                issued = keys.create("proj_1", "in the child")
+                return keys.authenticate(issued.key) == issued.record
+
+            exit_code = _in_a_forked_child(child)
+        finally:
+            release.set()
+            holder.join()
+        assert exit_code == 0
+        # The parent goes on too, once its thread let go.
+        assert keys.create("proj_1", "in the parent").record.name == "in the parent"
 
 
 def test_in_memory_sqlite_is_shared_by_threads() -> None:

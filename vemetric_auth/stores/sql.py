@@ -17,7 +17,9 @@ psycopg (the ``postgres`` extra).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -121,14 +123,8 @@ class SQLKeyStore:
             self._reader = engine
         self._table = key_table(MetaData(), table_name)
         self._table_ready = False
-        # A single shared connection (in-memory SQLite) must not carry two
-        # threads' transactions at once: they take turns.
-        self._turns: contextlib.AbstractContextManager[Any] = (
-            threading.RLock()
-            if shares_one_connection(engine)
-            else contextlib.nullcontext()
-        )
-        self._table_lock = threading.Lock()
+        self._new_locks()
+        _ALL_STORES.add(self)
 
         t = self._table
         record_columns = [column for column in t.c if column.name != "hash"]
@@ -163,6 +159,18 @@ class SQLKeyStore:
             t.update()
             .where(t.c.id == bindparam("key_id"))
             .values(hash=bindparam("key_hash"))
+        )
+
+    def _new_locks(self) -> None:
+        # Made anew in a forked child too: another thread of the parent may
+        # have held one at the fork, and would never release the child's copy.
+        self._table_lock = threading.Lock()
+        # A single shared connection (in-memory SQLite) must not carry two
+        # threads' transactions at once: they take turns.
+        self._turns: contextlib.AbstractContextManager[Any] = (
+            threading.RLock()
+            if shares_one_connection(self._engine)
+            else contextlib.nullcontext()
         )
 
     def __repr__(self) -> str:
@@ -367,3 +375,16 @@ def _record(row: Any) -> ApiKey:
         revoked_at=row.revoked_at,
         revoked_by=row.revoked_by,
     )
+
+
+# Stores of this process, whose locks a forked child makes anew.
+_ALL_STORES: weakref.WeakSet[SQLKeyStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_ALL_STORES):
+        store._new_locks()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
