@@ -1,17 +1,19 @@
 """The SQLAlchemy engines :class:`~vemetric_auth.SQLKeyStore` builds from a URL.
 
-Driver arguments for bounded timeouts, WAL mode for SQLite files, and fresh
-connection pools in forked children.
+Driver arguments for bounded timeouts, WAL mode for SQLite files, SQLite files
+that must exist already, and fresh connection pools in forked children.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import sqlite3
 import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -33,26 +35,32 @@ def open_engine(
     connect_timeout: float | None,
     statement_timeout: float | None,
     engine_options: Mapping[str, Any] | None,
+    create_database: bool,
 ) -> tuple[Engine, bool]:
     """Return the engine for a store's *url_or_engine*, and whether it built it.
 
     An :class:`~sqlalchemy.engine.Engine` is used as it is. A URL gets an
     engine with bounded timeouts (``None`` for the defaults), made safe to
-    fork.
+    fork; without *create_database*, a SQLite file it names is opened only
+    if it exists.
 
     :raises TypeError: neither a URL nor an Engine; options with an Engine;
         arguments of the wrong type.
     :raises ValueError: a timeout is not a finite number of seconds above 0.
     """
+    if not isinstance(create_database, bool):
+        raise TypeError("create_database must be True or False")
     if isinstance(url_or_engine, Engine):
         if (
             connect_timeout is not None
             or statement_timeout is not None
             or engine_options is not None
+            or not create_database
         ):
             raise TypeError(
-                "connect_timeout, statement_timeout and engine_options apply "
-                "to engines built from a URL; configure your Engine instead"
+                "connect_timeout, statement_timeout, engine_options and "
+                "create_database apply to engines built from a URL; "
+                "configure your Engine instead"
             )
         return url_or_engine, False
     if not isinstance(url_or_engine, (str, URL)):
@@ -65,6 +73,7 @@ def open_engine(
         connect_timeout,
         statement_timeout,
         engine_options,
+        create_database,
     )
     return engine, True
 
@@ -74,6 +83,7 @@ def _build_engine(
     connect_timeout: float | None,
     statement_timeout: float | None,
     engine_options: Mapping[str, Any] | None,
+    create_database: bool,
 ) -> Engine:
     arguments = _engine_arguments(
         url,
@@ -84,8 +94,11 @@ def _build_engine(
     arguments["connect_args"].update(options.pop("connect_args", {}))
     arguments.update(options)
     engine = create_engine(url, **arguments)
-    if engine.dialect.name == "sqlite" and not shares_one_connection(engine):
-        event.listen(engine, "connect", _enable_wal)
+    if engine.dialect.name == "sqlite":
+        if not (create_database or _is_memory_sqlite(url)):
+            event.listen(engine, "do_connect", _open_existing_file_only)
+        if not shares_one_connection(engine):
+            event.listen(engine, "connect", _enable_wal)
     if not shares_one_connection(engine):
         # An in-memory database has no connection to share with a child;
         # its copy in the child's memory keeps working there.
@@ -161,6 +174,29 @@ def _engine_arguments(
                 )
     arguments["connect_args"] = connect_args
     return arguments
+
+
+def _open_existing_file_only(
+    dialect: Any, connection_record: Any, cargs: list[Any], cparams: dict[str, Any]
+) -> Any:
+    # Open the file with SQLite's mode=rw, so that a mistyped path is an error
+    # rather than a new, empty database. A path is checked first, to name it
+    # in the error; mode=rw makes sure no file appears even if that races.
+    (database,) = cargs
+    if cparams.get("uri"):
+        # A "file:" URI of the application's: a mode it gives is kept.
+        rest, hash_sign, fragment = database.partition("#")
+        path, _, query = rest.partition("?")
+        if any(item.startswith("mode=") for item in query.split("&")):
+            return None
+        query = f"{query}&mode=rw" if query else "mode=rw"
+        return dialect.connect(f"{path}?{query}{hash_sign}{fragment}", **cparams)
+    if not os.path.exists(database):
+        raise FileNotFoundError(
+            errno.ENOENT, "no SQLite database, and create_database=False", database
+        )
+    uri = f"{Path(database).as_uri()}?mode=rw"
+    return dialect.connect(uri, **{**cparams, "uri": True})
 
 
 def _enable_wal(dbapi_connection: Any, connection_record: Any) -> None:

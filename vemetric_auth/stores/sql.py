@@ -61,6 +61,13 @@ class SQLKeyStore:
         for another connection's write lock; 5 by default.
     :param engine_options: More :func:`sqlalchemy.create_engine` arguments,
         such as ``{"pool_size": 20}``; they override the store's own.
+    :param create_database: Whether a SQLite file that does not exist yet is
+        created. With ``False``, the file is opened with SQLite's ``mode=rw``
+        (for tools that should only open an existing store): if it is
+        missing, the first use raises :exc:`FileNotFoundError` naming the
+        path (a ``file:`` URI gets SQLite's own error), and no file is made.
+        A ``mode`` given in a ``file:`` URI is kept; other databases are not
+        affected.
 
     The table and its index are created if missing, on first use or by
     :meth:`create_table`; creation is safe when many threads and processes
@@ -77,11 +84,11 @@ class SQLKeyStore:
 
     The timeouts, WAL mode and pool settings apply to engines built from a
     URL. An :class:`~sqlalchemy.engine.Engine` passed in is used with its own
-    settings, and :meth:`close` leaves it open; passing the timeouts or
-    *engine_options* with one is a :exc:`TypeError`. Give it
-    ``hide_parameters=True``, as built engines have, so that hashes stay out
-    of error messages, and bounded timeouts, so that a hung database is
-    answered ``503`` quickly.
+    settings, and :meth:`close` leaves it open; passing the timeouts,
+    *engine_options* or ``create_database=False`` with one is a
+    :exc:`TypeError`. Give it ``hide_parameters=True``, as built engines
+    have, so that hashes stay out of error messages, and bounded timeouts, so
+    that a hung database is answered ``503`` quickly.
 
     .. code-block:: python
 
@@ -102,6 +109,7 @@ class SQLKeyStore:
         connect_timeout: float | None = None,
         statement_timeout: float | None = None,
         engine_options: Mapping[str, Any] | None = None,
+        create_database: bool = True,
     ) -> None:
         table_name = check_table_name(table_name)
         engine, self._owns_engine = open_engine(
@@ -109,6 +117,7 @@ class SQLKeyStore:
             connect_timeout=connect_timeout,
             statement_timeout=statement_timeout,
             engine_options=engine_options,
+            create_database=create_database,
         )
         self._engine = engine
         self._dialect_name = engine.dialect.name
