@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -194,6 +196,23 @@ def test_naive_datetimes_are_refused(sql_store: SQLKeyStore) -> None:
     assert sql_store.get(record.id) is None
 
 
+def test_a_naive_revocation_time_is_refused_and_stores_nothing(
+    sql_store: SQLKeyStore,
+) -> None:
+    revoked = dataclasses.replace(make_record(), revoked_at=datetime(2026, 1, 2))
+    with pytest.raises(ValueError, match="timezone-aware") as raised:
+        sql_store.add(revoked, "hash")
+    assert not isinstance(raised.value, sa.exc.SQLAlchemyError)
+    assert sql_store.get(revoked.id) is None
+
+    record = make_record()
+    sql_store.add(record, "hash")
+    with pytest.raises(ValueError, match="timezone-aware") as raised:
+        sql_store.revoke(record.id, revoked_at=datetime(2026, 1, 2), revoked_by="bob")
+    assert not isinstance(raised.value, sa.exc.SQLAlchemyError)
+    assert sql_store.get(record.id) == record
+
+
 def test_prefix_is_unique_in_the_schema(
     sql_store: SQLKeyStore, engine_for: Callable[..., sa.Engine]
 ) -> None:
@@ -333,6 +352,7 @@ def test_building_a_store_does_not_connect() -> None:
         ),
         pytest.param({"statement_timeout": "5"}, TypeError, id="str-timeout"),
         pytest.param({"connect_timeout": True}, TypeError, id="bool-timeout"),
+        pytest.param({"create_database": "no"}, TypeError, id="str-create-database"),
     ],
 )
 def test_bad_arguments_are_refused(arguments: dict[str, Any], error: type) -> None:
@@ -345,11 +365,18 @@ def test_a_url_or_engine_is_required() -> None:
         SQLKeyStore(Path("keys.db"))  # type: ignore[arg-type]
 
 
-def test_timeouts_with_an_engine_are_refused() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"statement_timeout": 1.0}, id="timeout"),
+        pytest.param({"create_database": False}, id="create-database"),
+    ],
+)
+def test_url_options_with_an_engine_are_refused(options: dict[str, Any]) -> None:
     engine = sa.create_engine("sqlite://")
     try:
         with pytest.raises(TypeError, match="configure your Engine"):
-            SQLKeyStore(engine, statement_timeout=1.0)
+            SQLKeyStore(engine, **options)
     finally:
         engine.dispose()
 
@@ -413,6 +440,184 @@ def test_a_forked_child_does_not_use_the_parents_connections(tmp_path: Path) -> 
                 os._exit(2)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get(record.id) == record
+
+
+def _in_a_forked_child(work: Callable[[], bool], timeout: float = 30.0) -> int | None:
+    """Run *work* in a forked child: its exit code, 0 if it returned True.
+
+    ``None`` if the child hung; it is killed then.
+    """
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        try:
+            os._exit(0 if work() else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize(
+    ("backend", "lock"),
+    [
+        pytest.param("sqlite", "_table_lock", id="sqlite-table-lock"),
+        pytest.param(
+            "postgresql",
+            "_table_lock",
+            id="postgresql-table-lock",
+            marks=pytest.mark.postgres,
+        ),
+        pytest.param("sqlite-memory", "_table_lock", id="sqlite-memory-table-lock"),
+        pytest.param("sqlite-memory", "_turns", id="sqlite-memory-turns"),
+    ],
+)
+def test_a_child_forked_while_a_thread_holds_a_store_lock_works(
+    backend: str,
+    lock: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    table_name: str,
+) -> None:
+    # A pre-forking server forks while another thread is inside the store:
+    # the child has no such thread, and must not wait for it forever.
+    with SQLKeyStore(_url(backend, request, tmp_path), table_name=table_name) as store:
+        keys = _cheap_manager(store, cache_ttl=0)
+        if lock == "_turns":
+            keys.create("proj_1", "before the fork")  # the table is ready
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with getattr(store, lock):
+                held.set()
+                release.wait(60)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert held.wait(10)
+
+            def child() -> bool:
+                issued = keys.create("proj_1", "in the child")
+                return keys.authenticate(issued.key) == issued.record
+
+            exit_code = _in_a_forked_child(child)
+        finally:
+            release.set()
+            holder.join()
+        assert exit_code == 0
+        # The parent goes on too, once its thread let go.
+        assert keys.create("proj_1", "in the parent").record.name == "in the parent"
+
+
+# -- create_database=False ----------------------------------------------------
+
+
+def test_a_missing_sqlite_file_is_not_created_without_create_database(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mistyped.db"
+    with SQLKeyStore(f"sqlite:///{path}", create_database=False) as store:
+        for use in (store.create_table, lambda: store.get("key_1")):
+            with pytest.raises(FileNotFoundError) as raised:
+                use()
+            assert raised.value.filename == str(path)
+            assert str(path) in str(raised.value)
+            assert "create_database=False" in str(raised.value)
+            assert not path.exists()
+        # Through a manager, it is a store failure with this cause.
+        with pytest.raises(StoreUnavailable) as failed:
+            _cheap_manager(store).list("proj_1")
+        assert isinstance(failed.value.__cause__, FileNotFoundError)
+        assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("keys.db", id="plain"),
+        pytest.param("with space?mode=rwc#%41.db", id="uri-characters"),
+    ],
+)
+def test_an_existing_sqlite_file_opens_without_create_database(
+    tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / name
+    sqlite3.connect(path).close()  # an empty database: the table is made
+    url = sa.URL.create("sqlite", database=str(path))
+    with SQLKeyStore(url, create_database=False) as store:
+        keys = _cheap_manager(store)
+        issued = keys.create("proj_1", "in an existing file")
+        assert keys.authenticate(issued.key) == issued.record
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == [name]
+    with SQLKeyStore(url) as store:
+        assert store.get(issued.record.id) == issued.record
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("?uri=true", id="no-mode"),
+        pytest.param("?cache=private&uri=true", id="other-parameter"),
+    ],
+)
+def test_a_sqlite_uri_is_opened_read_write_without_create_database(
+    tmp_path: Path, query: str
+) -> None:
+    path = tmp_path / "keys.db"
+    url = f"sqlite:///file:{path}{query}"
+    with SQLKeyStore(url, create_database=False) as store:
+        with pytest.raises(sa.exc.OperationalError):
+            store.create_table()
+        assert not path.exists()
+        sqlite3.connect(path).close()
+        record = make_record()
+        store.add(record, "hash")
+        assert store.get(record.id) == record
+
+
+def test_a_mode_in_a_sqlite_uri_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    url = f"sqlite:///file:{path}?mode=rwc&uri=true"
+    with SQLKeyStore(url, create_database=False) as store:
+        store.create_table()
+    assert path.exists()
+
+
+def test_a_sqlite_file_removed_later_is_not_made_again(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    with SQLKeyStore(f"sqlite:///{path}") as store:
+        store.create_table()
+    with SQLKeyStore(f"sqlite:///{path}", create_database=False) as store:
+        assert store.list("proj_1") == []
+        store.close()
+        path.unlink()
+        with pytest.raises(FileNotFoundError):
+            store.list("proj_1")
+        assert not path.exists()
+
+
+@pytest.mark.parametrize("backend", ["sqlite-memory", POSTGRES])
+def test_create_database_false_leaves_other_databases_alone(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, table_name: str
+) -> None:
+    url = _url(backend, request, tmp_path)
+    with SQLKeyStore(url, table_name=table_name, create_database=False) as store:
+        record = make_record()
+        store.add(record, "hash")
         assert store.get(record.id) == record
 
 

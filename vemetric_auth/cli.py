@@ -28,6 +28,7 @@ once, and nowhere else: not to stderr, not to logs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -57,8 +58,9 @@ __all__ = [
 DEFAULT_DATABASE_URL = "sqlite:///vemetric_auth.db"
 
 # ctx.meta entry (shared by a command and its group) holding a callable that
-# returns the KeyManager to use. Opening the store is left to the subcommand,
-# so that "--help" never touches a database.
+# returns the KeyManager to use, given create_database (whether a missing
+# SQLite file may be made). Opening the store is left to the subcommand, so
+# that "--help" never touches a database.
 _KEYS_META = "vemetric_auth.keys"
 
 
@@ -116,36 +118,22 @@ def use_keys(opener: Callable[[], KeyManager]) -> None:
     needs the store.
     """
     ctx = click.get_current_context()
-    ctx.meta[_KEYS_META] = opener
+    # An application's store is opened as the application opens it.
+    ctx.meta[_KEYS_META] = lambda *, create_database: opener()
 
 
 def _keys(ctx: click.Context, *, existing: bool = True) -> KeyManager:
     """Open the group's key store; with *existing*, refuse to make a new SQLite file.
 
     ``list`` and ``revoke`` read an existing store: a mistyped file name
-    should be an error, not a new, empty database.
+    should be an error, not a new, empty database. The store raises
+    :exc:`FileNotFoundError` on first use then; see :func:`_store_failure`.
     """
-    opener: Callable[[], KeyManager] | None = ctx.meta.get(_KEYS_META)
+    opener: Callable[..., KeyManager] | None = ctx.meta.get(_KEYS_META)
     if opener is None:
         raise RuntimeError("vemetric-auth commands run under a group calling use_keys")
     with _reported_errors():
-        keys = opener()
-    if existing:
-        missing = _missing_sqlite_file(keys)
-        if missing is not None:
-            raise _Failure(f"no key store at {missing}: check --database-url")
-    return keys
-
-
-def _missing_sqlite_file(keys: KeyManager) -> str | None:
-    engine = getattr(keys.store, "engine", None)
-    url = getattr(engine, "url", None)
-    if url is None or url.get_backend_name() != "sqlite":
-        return None
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return None if os.path.exists(database) else database
+        return opener(create_database=not existing)
 
 
 @contextmanager
@@ -166,6 +154,9 @@ def _store_failure(error: StoreUnavailable) -> str:
     cause = error.__cause__
     if cause is None:
         return "the key store failed"
+    if isinstance(cause, FileNotFoundError) and cause.filename:
+        # A SQLite file opened with create_database=False.
+        return f"no key store at {cause.filename}: check --database-url"
     return f"the key store failed: {_first_line(cause)}"
 
 
@@ -176,7 +167,7 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _open_sql_keys(database_url: str) -> KeyManager:
+def _open_sql_keys(database_url: str, *, create_database: bool) -> KeyManager:
     try:
         from sqlalchemy.exc import ArgumentError
 
@@ -188,7 +179,7 @@ def _open_sql_keys(database_url: str) -> KeyManager:
     # SQLKeyStore parses the URL and builds its engine here; it connects (and
     # creates its table) only on first use, after the input was checked.
     try:
-        store = SQLKeyStore(database_url)
+        store = SQLKeyStore(database_url, create_database=create_database)
     except ArgumentError as error:
         # Unparsable, or an unknown dialect (NoSuchModuleError is one too).
         raise _UsageFailure(
@@ -428,7 +419,8 @@ COMMANDS: tuple[click.Command, ...] = (create, list_keys, revoke)
 )
 def cli(database_url: str) -> None:
     """Create, list and revoke vem_ API keys in a SQL key store."""
-    use_keys(lambda: _open_sql_keys(database_url))
+    ctx = click.get_current_context()
+    ctx.meta[_KEYS_META] = functools.partial(_open_sql_keys, database_url)
 
 
 for _command in COMMANDS:

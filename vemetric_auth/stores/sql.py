@@ -17,268 +17,31 @@ psycopg (the ``postgres`` extra).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import logging
-import math
 import os
-import re
-import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Index,
-    MetaData,
-    PrimaryKeyConstraint,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    bindparam,
-    create_engine,
-    event,
-    inspect,
-    select,
-    text,
-)
-from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import CreateIndex, CreateTable
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import MetaData, bindparam, select
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy.schema import Table
 
 from ..errors import DuplicatePrefix
-from ..keys import LOOKUP_PREFIX_LENGTH
-from ..records import MAX_ID_LENGTH, MAX_NAME_LENGTH, ApiKey
+from ..records import ApiKey
+from ._sql_engine import open_engine, shares_one_connection
+from ._sql_schema import (
+    check_table_name,
+    create_missing_table,
+    create_table_sql,
+    key_table,
+)
 from .base import DEFAULT_TABLE_NAME
 
 __all__ = ["DEFAULT_TABLE_NAME", "SQLKeyStore", "create_table_sql"]
-
-logger = logging.getLogger("vemetric_auth")
-
-#: The table :class:`SQLKeyStore` uses unless told otherwise.
-
-_DEFAULT_CONNECT_TIMEOUT = 5.0
-_DEFAULT_STATEMENT_TIMEOUT = 5.0
-# PostgreSQL's identifier limit; SQLite has none, but a name must fit both.
-_MAX_IDENTIFIER_LENGTH = 63
-_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2", "psycopg2cffi"})
-
-_ID_LENGTH = MAX_ID_LENGTH
-_NAME_LENGTH = MAX_NAME_LENGTH
-_PREFIX_LENGTH = LOOKUP_PREFIX_LENGTH + len("...")
-
-
-class _UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC datetime, microseconds kept, on every database.
-
-    PostgreSQL stores ``timestamp with time zone`` and hands values back in the
-    session's time zone; SQLite has no time zones at all and stores the UTC
-    wall-clock time as text. Either way, values come back in UTC.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(
-        self, value: datetime | None, dialect: Dialect
-    ) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("key record datetimes must be timezone-aware")
-        value = value.astimezone(timezone.utc)
-        if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(
-        self, value: datetime | None, dialect: Dialect
-    ) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
-
-
-def _identifier(table_name: str, suffix: str) -> str:
-    """Return ``<table_name>_<suffix>``, shortened to fit PostgreSQL's limit."""
-    name = f"{table_name}_{suffix}"
-    if len(name) <= _MAX_IDENTIFIER_LENGTH:
-        return name
-    digest = hashlib.sha256(table_name.encode()).hexdigest()[:8]
-    keep = _MAX_IDENTIFIER_LENGTH - len(suffix) - len(digest) - 2
-    return f"{table_name[:keep]}_{digest}_{suffix}"
-
-
-def _check_table_name(table_name: object) -> str:
-    if not isinstance(table_name, str):
-        raise TypeError("table_name must be a str")
-    if not _TABLE_NAME.fullmatch(table_name):
-        raise ValueError(
-            "table_name must be a plain SQL identifier: a letter or _ followed by "
-            "letters, digits or _"
-        )
-    if len(table_name) > _MAX_IDENTIFIER_LENGTH:
-        raise ValueError(
-            f"table_name must be at most {_MAX_IDENTIFIER_LENGTH} characters"
-        )
-    return table_name
-
-
-def _key_table(metadata: MetaData, table_name: str) -> Table:
-    return Table(
-        table_name,
-        metadata,
-        Column("id", String(_ID_LENGTH), nullable=False),
-        Column("project_id", String(_ID_LENGTH), nullable=False),
-        Column("name", String(_NAME_LENGTH), nullable=False),
-        Column("prefix", String(_PREFIX_LENGTH), nullable=False),
-        Column("hash", Text, nullable=False),
-        Column("created_at", _UTCDateTime(), nullable=False),
-        Column("created_by", String(_ID_LENGTH), nullable=True),
-        Column("revoked_at", _UTCDateTime(), nullable=True),
-        Column("revoked_by", String(_ID_LENGTH), nullable=True),
-        PrimaryKeyConstraint("id", name=_identifier(table_name, "pkey")),
-        UniqueConstraint("prefix", name=_identifier(table_name, "prefix_key")),
-        # Serves both "keys of a project" and its newest-first order.
-        Index(
-            _identifier(table_name, "project_created_idx"), "project_id", "created_at"
-        ),
-    )
-
-
-def create_table_sql(
-    dialect: str = "postgresql", table_name: str = DEFAULT_TABLE_NAME
-) -> str:
-    """Return the SQL that creates the table of :class:`SQLKeyStore`.
-
-    For applications that manage their schema themselves (migrations, a DBA):
-    the statements create the table and its index as the store would on
-    first use. They are ``;``-terminated and separated by blank lines.
-
-    :param dialect: A SQLAlchemy dialect name: ``"postgresql"``, ``"sqlite"``,
-        ``"mysql"``, ...
-    :param table_name: The table name the store will be given.
-    :raises ValueError: an unknown dialect or an invalid table name.
-    """
-    table_name = _check_table_name(table_name)
-    try:
-        dialect_class = URL.create(dialect).get_dialect()
-    except Exception as exc:
-        raise ValueError(f"unknown SQL dialect {dialect!r}") from exc
-    target = dialect_class()
-    table = _key_table(MetaData(), table_name)
-    compiled = [str(CreateTable(table).compile(dialect=target))]
-    compiled.extend(
-        str(CreateIndex(index).compile(dialect=target))
-        for index in sorted(table.indexes, key=lambda index: str(index.name))
-    )
-    statements = [
-        "\n".join(
-            line.rstrip().replace("\t", "    ") for line in sql.strip().splitlines()
-        )
-        for sql in compiled
-    ]
-    return "\n\n".join(statement + ";" for statement in statements) + "\n"
-
-
-def _positive_seconds(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{what} must be a finite number of seconds above 0")
-    return float(value)
-
-
-def _is_memory_sqlite(url: URL) -> bool:
-    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
-
-
-def _engine_arguments(
-    url: URL, connect_timeout: float, statement_timeout: float
-) -> dict[str, Any]:
-    """Return the :func:`~sqlalchemy.create_engine` arguments for *url*."""
-    arguments: dict[str, Any] = {
-        # Statement parameters hold hashes: keep them out of error messages.
-        "hide_parameters": True,
-        # Waiting for a free pooled connection is bounded too.
-        "pool_timeout": connect_timeout,
-    }
-    connect_args: dict[str, Any] = {}
-    backend = url.get_backend_name()
-    driver = url.get_driver_name()
-    if backend == "sqlite" and driver == "pysqlite":
-        # Pooled connections move between threads; each is used by one
-        # thread at a time.
-        connect_args["check_same_thread"] = False
-        if _is_memory_sqlite(url):
-            # One connection, so that every thread sees the one database.
-            arguments["poolclass"] = StaticPool
-            del arguments["pool_timeout"]
-        else:
-            # How long a write waits for another connection's lock.
-            connect_args["timeout"] = statement_timeout
-    elif backend == "postgresql":
-        # A restarted server leaves dead connections in the pool: test each
-        # one before use, so the service recovers by itself.
-        arguments["pool_pre_ping"] = True
-        if driver in _LIBPQ_DRIVERS:
-            query = url.query
-            if "connect_timeout" not in query:
-                # libpq counts whole seconds and waits at least 2.
-                connect_args["connect_timeout"] = max(1, math.ceil(connect_timeout))
-            if "options" not in query:
-                milliseconds = max(1, math.ceil(statement_timeout * 1000))
-                connect_args["options"] = f"-c statement_timeout={milliseconds}"
-            if "keepalives" not in query and "tcp_user_timeout" not in query:
-                # A server that vanishes mid-query (crash, network partition)
-                # sends no error; TCP keepalives notice it, and
-                # tcp_user_timeout bounds how long sent data may go unanswered.
-                connect_args["keepalives"] = 1
-                connect_args["keepalives_idle"] = max(1, math.ceil(statement_timeout))
-                connect_args["keepalives_interval"] = 1
-                connect_args["keepalives_count"] = 3
-                connect_args["tcp_user_timeout"] = math.ceil(
-                    (connect_timeout + statement_timeout) * 1000
-                )
-    arguments["connect_args"] = connect_args
-    return arguments
-
-
-def _enable_wal(dbapi_connection: Any, connection_record: Any) -> None:
-    # Readers and one writer then run at the same time, from any process.
-    # It is an optimisation: a database that can not switch still works.
-    try:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-        finally:
-            cursor.close()
-    except sqlite3.Error:
-        logger.warning("could not switch the SQLite database to WAL mode")
-
-
-# Engines this module built, to be made fork-safe: a child process must not
-# use the connections its parent opened (gunicorn --preload, multiprocessing).
-_built_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for engine in list(_built_engines):
-        engine.dispose(close=False)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SQLKeyStore:
@@ -298,6 +61,13 @@ class SQLKeyStore:
         for another connection's write lock; 5 by default.
     :param engine_options: More :func:`sqlalchemy.create_engine` arguments,
         such as ``{"pool_size": 20}``; they override the store's own.
+    :param create_database: Whether a SQLite file that does not exist yet is
+        created. With ``False``, the file is opened with SQLite's ``mode=rw``
+        (for tools that should only open an existing store): if it is
+        missing, the first use raises :exc:`FileNotFoundError` naming the
+        path (a ``file:`` URI gets SQLite's own error), and no file is made.
+        A ``mode`` given in a ``file:`` URI is kept; other databases are not
+        affected.
 
     The table and its index are created if missing, on first use or by
     :meth:`create_table`; creation is safe when many threads and processes
@@ -314,8 +84,9 @@ class SQLKeyStore:
 
     The timeouts, WAL mode and pool settings apply to engines built from a
     URL. An :class:`~sqlalchemy.engine.Engine` passed in is used with its own
-    settings, and :meth:`close` leaves it open; passing the timeouts with one
-    is a :exc:`TypeError`. Give it ``hide_parameters=True``, as built engines
+    settings, and :meth:`close` leaves it open; passing the timeouts,
+    *engine_options* or ``create_database=False`` with one is a
+    :exc:`TypeError`. Give it ``hide_parameters=True``, as built engines
     have, so that hashes stay out of error messages, and bounded timeouts, so
     that a hung database is answered ``503`` quickly.
 
@@ -338,43 +109,16 @@ class SQLKeyStore:
         connect_timeout: float | None = None,
         statement_timeout: float | None = None,
         engine_options: Mapping[str, Any] | None = None,
+        create_database: bool = True,
     ) -> None:
-        table_name = _check_table_name(table_name)
-        if isinstance(url_or_engine, Engine):
-            if (
-                connect_timeout is not None
-                or statement_timeout is not None
-                or engine_options is not None
-            ):
-                raise TypeError(
-                    "connect_timeout, statement_timeout and engine_options apply "
-                    "to engines built from a URL; configure your Engine instead"
-                )
-            engine = url_or_engine
-            self._owns_engine = False
-        elif isinstance(url_or_engine, (str, URL)):
-            engine = self._build_engine(
-                make_url(url_or_engine),
-                _positive_seconds(
-                    _DEFAULT_CONNECT_TIMEOUT
-                    if connect_timeout is None
-                    else connect_timeout,
-                    "connect_timeout",
-                ),
-                _positive_seconds(
-                    _DEFAULT_STATEMENT_TIMEOUT
-                    if statement_timeout is None
-                    else statement_timeout,
-                    "statement_timeout",
-                ),
-                {} if engine_options is None else engine_options,
-            )
-            self._owns_engine = True
-        else:
-            raise TypeError(
-                "url_or_engine must be a database URL or a SQLAlchemy Engine, "
-                f"not {type(url_or_engine).__name__}"
-            )
+        table_name = check_table_name(table_name)
+        engine, self._owns_engine = open_engine(
+            url_or_engine,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+            engine_options=engine_options,
+            create_database=create_database,
+        )
         self._engine = engine
         self._dialect_name = engine.dialect.name
         if self._dialect_name == "postgresql":
@@ -386,29 +130,13 @@ class SQLKeyStore:
             )
         else:
             self._reader = engine
-        # A single shared connection (in-memory SQLite) must not carry two
-        # threads' transactions at once: they take turns.
-        self._turns: contextlib.AbstractContextManager[Any] = (
-            threading.RLock()
-            if isinstance(engine.pool, StaticPool)
-            else contextlib.nullcontext()
-        )
-        self._metadata = MetaData()
-        self._table = _key_table(self._metadata, table_name)
+        self._table = key_table(MetaData(), table_name)
         self._table_ready = False
-        self._table_lock = threading.Lock()
+        self._new_locks()
+        _ALL_STORES.add(self)
 
         t = self._table
-        record_columns = (
-            t.c.id,
-            t.c.project_id,
-            t.c.name,
-            t.c.prefix,
-            t.c.created_at,
-            t.c.created_by,
-            t.c.revoked_at,
-            t.c.revoked_by,
-        )
+        record_columns = [column for column in t.c if column.name != "hash"]
         newest_first = (t.c.created_at.desc(), t.c.id.desc())
         self._select_by_id = select(*record_columns).where(
             t.c.id == bindparam("key_id")
@@ -442,25 +170,17 @@ class SQLKeyStore:
             .values(hash=bindparam("key_hash"))
         )
 
-    @staticmethod
-    def _build_engine(
-        url: URL,
-        connect_timeout: float,
-        statement_timeout: float,
-        engine_options: Mapping[str, Any],
-    ) -> Engine:
-        arguments = _engine_arguments(url, connect_timeout, statement_timeout)
-        options = dict(engine_options)
-        arguments["connect_args"].update(options.pop("connect_args", {}))
-        arguments.update(options)
-        engine = create_engine(url, **arguments)
-        if engine.dialect.name == "sqlite" and not isinstance(engine.pool, StaticPool):
-            event.listen(engine, "connect", _enable_wal)
-        if not isinstance(engine.pool, StaticPool):
-            # An in-memory database has no connection to share with a child;
-            # its copy in the child's memory keeps working there.
-            _built_engines.add(engine)
-        return engine
+    def _new_locks(self) -> None:
+        # Made anew in a forked child too: another thread of the parent may
+        # have held one at the fork, and would never release the child's copy.
+        self._table_lock = threading.Lock()
+        # A single shared connection (in-memory SQLite) must not carry two
+        # threads' transactions at once: they take turns.
+        self._turns: contextlib.AbstractContextManager[Any] = (
+            threading.RLock()
+            if shares_one_connection(self._engine)
+            else contextlib.nullcontext()
+        )
 
     def __repr__(self) -> str:
         # Only what locates the database: no password, no query string (where
@@ -502,9 +222,6 @@ class SQLKeyStore:
             # Check again on next use: an in-memory database went with it.
             self._table_ready = False
 
-    #: Another name for :meth:`close`.
-    dispose = close
-
     # -- schema --------------------------------------------------------------
 
     def create_table(self) -> None:
@@ -517,46 +234,8 @@ class SQLKeyStore:
         elsewhere one that finds the table created meanwhile carries on.
         """
         with self._turns, self._engine.connect() as connection:
-            if not inspect(connection).has_table(self._table.name):
-                # The inspection may have begun a transaction; start afresh.
-                connection.rollback()
-                try:
-                    self._create_table(connection)
-                except DBAPIError:
-                    # Another process created the table meanwhile: one not
-                    # taking turns with us, or on a database without them.
-                    connection.rollback()
-                    if not inspect(connection).has_table(self._table.name):
-                        raise
+            create_missing_table(connection, self._table, self._dialect_name)
         self._table_ready = True
-
-    def _create_table(self, connection: Connection) -> None:
-        if self._dialect_name == "postgresql":
-            with connection.begin():
-                connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:lock_id)"),
-                    {"lock_id": self._advisory_lock_id()},
-                )
-                # DDL is transactional here: table and index appear
-                # together, or not at all.
-                self._metadata.create_all(connection, checkfirst=True)
-        elif self._dialect_name == "sqlite":
-            # Taking the write lock first makes concurrent creators wait, then
-            # find the table made; SQLite's DDL is transactional too.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                self._metadata.create_all(connection, checkfirst=True)
-            except BaseException:
-                connection.rollback()
-                raise
-            connection.commit()
-        else:
-            with connection.begin():
-                self._metadata.create_all(connection, checkfirst=True)
-
-    def _advisory_lock_id(self) -> int:
-        digest = hashlib.sha256(f"vemetric_auth:{self._table.name}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
 
     def _ensure_table(self) -> None:
         if self._table_ready:
@@ -574,8 +253,15 @@ class SQLKeyStore:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
         self._ensure_table()
-        with self._turns, self._engine.begin() as connection:
-            yield connection
+        try:
+            with self._turns, self._engine.begin() as connection:
+                yield connection
+        except StatementError as error:
+            # A value a column type refused (a naive datetime) is bad input,
+            # not a database failure; nothing was written.
+            if isinstance(error.orig, ValueError) and not isinstance(error, DBAPIError):
+                raise ValueError(str(error.orig)) from None
+            raise
 
     # -- the KeyStore protocol ----------------------------------------------
 
@@ -587,9 +273,6 @@ class SQLKeyStore:
         :raises ValueError: a stored record has the same id, or a datetime of
             *record* is naive. Nothing is stored then.
         """
-        for moment in (record.created_at, record.revoked_at):
-            if moment is not None and moment.utcoffset() is None:
-                raise ValueError("key record datetimes must be timezone-aware")
         try:
             with self._writing() as connection:
                 connection.execute(
@@ -668,6 +351,8 @@ class SQLKeyStore:
         The update only touches an active record and the record is read back
         in the same transaction, so two callers racing to revoke the same key
         both get the one revocation that was stored.
+
+        :raises ValueError: *revoked_at* is naive. Nothing is changed then.
         """
         with self._writing() as connection:
             connection.execute(
@@ -699,3 +384,16 @@ def _record(row: Any) -> ApiKey:
         revoked_at=row.revoked_at,
         revoked_by=row.revoked_by,
     )
+
+
+# Stores of this process, whose locks a forked child makes anew.
+_ALL_STORES: weakref.WeakSet[SQLKeyStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_ALL_STORES):
+        store._new_locks()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
