@@ -20,6 +20,6 @@ A new kind (say Redis) is a module beside ``postgres.py`` and a fixture in
 
 from __future__ import annotations
 
-from ._process import in_ci
+from ._process import find_free_port, in_ci
 
-__all__ = ["in_ci"]
+__all__ = ["find_free_port", "in_ci"]
