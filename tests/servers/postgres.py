@@ -345,7 +345,7 @@ class PostgresServer:
         try:
             self.cleanup()
         except Exception as exc:
-            print(f"pgserver: cleanup at exit failed: {exc}", file=sys.stderr)
+            print(f"PostgresServer: cleanup at exit failed: {exc}", file=sys.stderr)
 
     # ------------------------------------------------------------------
     # databases
