@@ -4,7 +4,7 @@ correctness: the long version of ``tests/test_load.py``.
 For gunicorn (2 workers x 4 threads, gthread) and werkzeug's threaded server,
 each over PostgreSQL and SQLite, one server process runs the Flask example
 (``examples/flask_app.py``) with an exempt twin of ``GET /v1/project`` added
-(``tests/loadkit.py``): the same project lookup and the same body, reached
+(``benchmarks/loadkit.py``): the same project lookup and the same body, reached
 without a key. The figures:
 
 - **with auth**: ``GET /v1/project`` with valid keys of 20 projects (cached
@@ -22,7 +22,7 @@ what carries over. Finally a mixed run (valid keys, wrong secrets, revoked
 keys, unknown keys, garbage headers) counts responses that are not exactly
 the contract's; any makes the exit status 1.
 
-PostgreSQL is a throwaway server from ``tests/pgserver.py``.
+PostgreSQL is a throwaway server from ``tests/servers/postgres.py``.
 
 Run: ``.venv/bin/python benchmarks/bench_load.py [--quick]``
 """
@@ -39,11 +39,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The throwaway PostgreSQL of the test suite (tests/servers/postgres.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import loadkit
 from loadkit import Case, Checker, Connection, LoadClient, Report
-from pgserver import PostgresServer, find_pg_bin
+from servers.postgres import PostgresServer, find_pg_bin
 
 TARGET_RATIO = 0.9
 

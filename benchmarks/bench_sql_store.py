@@ -10,7 +10,7 @@ Measures, on each backend:
 
 The big table is filled with synthetic rows (COPY on PostgreSQL, executemany
 on SQLite; the hash is a constant string), not through argon2. PostgreSQL is a
-throwaway server started from ``tests/pgserver.py`` and removed at the end.
+throwaway server started from ``tests/servers/postgres.py`` and removed at the end.
 
 Run: ``.venv/bin/python benchmarks/bench_sql_store.py [--quick]``
 """
@@ -30,9 +30,10 @@ from typing import Any
 
 from argon2 import PasswordHasher, profiles
 
+# The throwaway PostgreSQL of the test suite (tests/servers/postgres.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pgserver import PostgresServer, find_pg_bin
+from servers.postgres import PostgresServer, find_pg_bin
 
 from vemetric_auth import InvalidApiKey, KeyManager, SQLKeyStore
 from vemetric_auth.keys import ALPHABET

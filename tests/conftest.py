@@ -1,16 +1,25 @@
+"""Fixtures and helpers shared by the test modules.
+
+The throwaway servers (``postgres_server``, ``postgres_url``) come from the
+plugin in ``tests/servers/``.
+"""
+
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
 from argon2 import PasswordHasher, profiles
+from servers import in_ci
 
 from vemetric_auth import InMemoryKeyStore, KeyManager
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+pytest_plugins = ["servers.plugin"]
+
+#: CI=true: tests needing something missing fail instead of skipping.
+IN_CI = in_ci()
 
 
 class CountingHasher(PasswordHasher):
@@ -55,36 +64,6 @@ def memory_store() -> InMemoryKeyStore:
 @pytest.fixture
 def keys(memory_store: InMemoryKeyStore, hasher: CountingHasher) -> KeyManager:
     return KeyManager(memory_store, hasher=hasher)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Any]:
-    """A throwaway PostgreSQL server for the whole test session.
-
-    Under CI=true a missing server binary fails the tests that need it; elsewhere
-    they skip with the reason.
-    """
-    from pgserver import PostgresServer, find_pg_bin
-
-    if find_pg_bin() is None:
-        reason = "no PostgreSQL server binary (initdb, pg_ctl) found"
-        if IN_CI:
-            pytest.fail(reason + "; CI=true requires the PostgreSQL tests to run")
-        pytest.skip(reason)
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def postgres_url(postgres_server: Any) -> str:
-    if not postgres_server.is_running():
-        postgres_server.start()
-    url: str = postgres_server.url
-    return url
 
 
 class FlakyStore:

@@ -6,8 +6,8 @@ SQLite store prepared here, sends it a few seconds of mixed traffic from
 eight client threads, and checks every answer against the HTTP contract: a
 valid key gets 200 and its own project, every bad header its exact 401, and
 nothing gets a 5xx but the documented 503, and that only while the store is
-down. The shared machinery is in ``tests/loadkit.py``; the longer version with
-throughput figures is ``benchmarks/bench_load.py``.
+down. The machinery is the benchmarks' own, ``benchmarks/loadkit.py``; the
+longer version with throughput figures is ``benchmarks/bench_load.py``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import loadkit
 import pytest
-from conftest import IN_CI
 from loadkit import Checker, Dataset, KeyAdmin, KeyInfo, LoadClient, Report
+from servers.plugin import require
 
 # The servers' cache TTL here: short, so that cached keys are checked against
 # the store again during a run, and revocations by another process show.
@@ -72,10 +72,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def server_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
-    if kind == loadkit.GUNICORN and not loadkit.gunicorn_available():
-        if IN_CI:
-            pytest.fail("gunicorn is not installed; CI=true requires it")
-        pytest.skip("gunicorn is not installed")
+    if kind == loadkit.GUNICORN:
+        require(loadkit.gunicorn_available(), "gunicorn is not installed")
     return kind
 
 

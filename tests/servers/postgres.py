@@ -1,49 +1,53 @@
-"""Throwaway PostgreSQL server for the test suite.
+"""A throwaway PostgreSQL server: a private cluster in a temporary directory.
 
-Stdlib only.  Typical use::
+Stdlib only. Tests get one through the ``postgres_server`` fixture of
+:mod:`servers.plugin`; benchmarks use the class directly::
 
-    from tests.pgserver import PostgresServer, find_pg_bin
+    from servers.postgres import PostgresServer, find_pg_bin
 
-    if find_pg_bin() is None:
-        pytest.skip("PostgreSQL binaries not available")
-    with PostgresServer() as pg:
-        engine = sqlalchemy.create_engine(pg.url)
-        ...
-        pg.restart()  # simulate an outage and recovery (same port, same data)
+    if find_pg_bin() is not None:
+        with PostgresServer() as pg:
+            engine = sqlalchemy.create_engine(pg.url)
+            ...
+            pg.restart()  # an outage and its recovery (same port, same data)
 
-The server listens on 127.0.0.1 only (trust auth, superuser ``postgres``)
-on a free port, with its unix socket, data directory and log inside a
-private temporary directory that is removed on cleanup.  When running as
-root, the PostgreSQL binaries are run as the ``postgres`` system user
-(PostgreSQL refuses to run as root) and the temporary directory is owned
-by that user.
+The server listens on 127.0.0.1 only (trust auth, superuser ``postgres``) on a
+free port, with its unix socket, data directory and log inside a private
+temporary directory that is removed on cleanup. When running as root, the
+PostgreSQL binaries run as the ``postgres`` system user (PostgreSQL refuses to
+run as root) and the temporary directory is owned by that user.
 
-Run ``python tests/pgserver.py`` for a smoke test.
+Smoke test, from the repository root: ``PYTHONPATH=tests python -m servers.postgres``.
 """
 
 from __future__ import annotations
 
 import atexit
-import glob
 import os
 import re
 import shlex
 import shutil
-import socket
-import stat
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from types import TracebackType
 from typing import Literal
+
+from ._process import (
+    HOST,
+    find_bin_dir,
+    find_free_port,
+    has_executables,
+    private_dir,
+    run,
+    service_user,
+    tail,
+)
 
 __all__ = [
     "PG_BIN_ENV",
     "PostgresServer",
     "StopMode",
-    "find_free_port",
     "find_pg_bin",
 ]
 
@@ -54,83 +58,23 @@ StopMode = Literal["smart", "fast", "immediate"]
 
 _SYSTEM_USER = "postgres"  # OS account used to run the server when we are root
 _DB_SUPERUSER = "postgres"  # database superuser created by initdb -U
-_HOST = "127.0.0.1"
 _REQUIRED_BINARIES = ("initdb", "pg_ctl")
 _CMD_TIMEOUT = 120.0  # seconds, for any single initdb / pg_ctl / createdb call
 _PG_CTL_WAIT = 60  # seconds, pg_ctl -t
 _DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-def _has_binaries(directory: str) -> bool:
-    return all(
-        os.path.isfile(os.path.join(directory, name))
-        and os.access(os.path.join(directory, name), os.X_OK)
-        for name in _REQUIRED_BINARIES
-    )
-
-
-def _version_key(path: str) -> tuple[int, ...]:
-    # /usr/lib/postgresql/15/bin -> (15,); non-numeric versions sort first.
-    version = Path(path).parent.name
-    parts = re.findall(r"\d+", version)
-    return tuple(int(p) for p in parts) if parts else (-1,)
-
-
 def find_pg_bin() -> str | None:
     """Return the directory holding ``initdb`` and ``pg_ctl``, or None.
 
-    Lookup order: ``$VEMETRIC_AUTH_PG_BIN``; ``initdb`` on ``PATH`` (symlinks
-    resolved, so a ``/usr/local/bin/initdb -> /usr/lib/postgresql/15/bin``
-    link yields the real bin directory with its sibling tools); then the
-    newest ``/usr/lib/postgresql/*/bin``.
+    Lookup order: ``$VEMETRIC_AUTH_PG_BIN``; ``initdb`` on ``PATH``; then the
+    newest ``/usr/lib/postgresql/*/bin`` (Debian's layout).
     """
-    override = os.environ.get(PG_BIN_ENV)
-    if override:
-        return os.path.abspath(override) if _has_binaries(override) else None
-
-    initdb = shutil.which("initdb")
-    if initdb is not None:
-        real_dir = os.path.dirname(os.path.realpath(initdb))
-        if _has_binaries(real_dir):
-            return real_dir
-        link_dir = os.path.dirname(os.path.abspath(initdb))
-        if _has_binaries(link_dir):
-            return link_dir
-
-    candidates = [d for d in glob.glob("/usr/lib/postgresql/*/bin") if _has_binaries(d)]
-    if candidates:
-        return max(candidates, key=_version_key)
-    return None
-
-
-def find_free_port(host: str = _HOST) -> int:
-    """Return a currently free TCP port on ``host`` (bind to port 0, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _traversable_by_others(path: str) -> bool:
-    """True if every ancestor of ``path`` has the world-execute bit."""
-    current = Path(path).resolve()
-    for directory in (current, *current.parents):
-        try:
-            mode = os.stat(directory).st_mode
-        except OSError:
-            return False
-        if not mode & stat.S_IXOTH:
-            return False
-    return True
-
-
-def _tail(path: str, lines: int = 40) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            content = fh.readlines()
-    except OSError as exc:
-        return f"<could not read {path}: {exc}>"
-    return "".join(content[-lines:])
+    return find_bin_dir(
+        _REQUIRED_BINARIES,
+        override_env=PG_BIN_ENV,
+        candidates="/usr/lib/postgresql/*/bin",
+    )
 
 
 class PostgresServer:
@@ -152,7 +96,7 @@ class PostgresServer:
         max_connections: int = 200,
     ) -> None:
         resolved = pg_bin if pg_bin is not None else find_pg_bin()
-        if resolved is None or not _has_binaries(resolved):
+        if resolved is None or not has_executables(resolved, _REQUIRED_BINARIES):
             raise RuntimeError(
                 "PostgreSQL binaries (initdb, pg_ctl) not found; set "
                 f"{PG_BIN_ENV} to the directory that holds them"
@@ -160,11 +104,12 @@ class PostgresServer:
         self.pg_bin: str = resolved
         self.port: int = port if port is not None else find_free_port()
         self._fixed_port = port is not None
-        self.host: str = _HOST
+        self.host: str = HOST
         self.user: str = _DB_SUPERUSER
         self.max_connections = max_connections
         self._base_dir = base_dir
-        self._as_root = os.geteuid() == 0
+        # The system user to run the binaries as: "postgres" when we are root.
+        self._system_user = service_user(_SYSTEM_USER)
         self._tmpdir: str | None = None
         self._initialized = False
         self._started_once = False
@@ -208,7 +153,7 @@ class PostgresServer:
         """The last ``lines`` lines of the server log (no secrets in it)."""
         if self._tmpdir is None:
             return ""
-        return _tail(self.log_file, lines)
+        return tail(self.log_file, lines)
 
     # ------------------------------------------------------------------
     # subprocess helpers
@@ -233,31 +178,13 @@ class PostgresServer:
         self, args: list[str], *, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run a PostgreSQL tool, as the postgres system user if we are root."""
-        if self._as_root:
-            proc = subprocess.run(
-                args,
-                cwd=self.tmpdir,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=_CMD_TIMEOUT,
-                check=False,
-                user=_SYSTEM_USER,
-                group=_SYSTEM_USER,
-                extra_groups=[],
-            )
-        else:
-            proc = subprocess.run(
-                args,
-                cwd=self.tmpdir,
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=_CMD_TIMEOUT,
-                check=False,
-            )
+        proc = run(
+            args,
+            cwd=self.tmpdir,
+            env=self._env(),
+            user=self._system_user,
+            timeout=_CMD_TIMEOUT,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(
                 f"command failed with exit code {proc.returncode}: "
@@ -271,15 +198,9 @@ class PostgresServer:
     # lifecycle
 
     def _make_tmpdir(self) -> None:
-        base = self._base_dir
-        if base is None:
-            base = tempfile.gettempdir()
-            if self._as_root and not _traversable_by_others(base):
-                # mkdtemp() still makes a private, unpredictable directory.
-                base = "/tmp"  # noqa: S108
-        self._tmpdir = tempfile.mkdtemp(prefix="vemetric-pg-", dir=base)
-        if self._as_root:
-            shutil.chown(self._tmpdir, user=_SYSTEM_USER, group=_SYSTEM_USER)
+        self._tmpdir = private_dir(
+            "vemetric-pg-", owner=self._system_user, base=self._base_dir
+        )
         if not self._atexit_registered:
             atexit.register(self._atexit_cleanup)
             self._atexit_registered = True
@@ -424,7 +345,7 @@ class PostgresServer:
         try:
             self.cleanup()
         except Exception as exc:
-            print(f"pgserver: cleanup at exit failed: {exc}", file=sys.stderr)
+            print(f"PostgresServer: cleanup at exit failed: {exc}", file=sys.stderr)
 
     # ------------------------------------------------------------------
     # databases

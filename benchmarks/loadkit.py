@@ -1,12 +1,12 @@
-"""Real servers under concurrent load: shared by tests/test_load.py and
-benchmarks/bench_load.py.
+"""Real servers under concurrent load: shared by benchmarks/bench_load.py and
+the short load test of the suite, tests/test_load.py.
 
 - :func:`prepare_dataset` fills a store (SQLite file or PostgreSQL database)
   with projects of the Flask example (``examples/flask_app.py``) and their
   keys, some revoked, some of deleted projects, through :class:`KeyManager`.
 - :func:`running_server` starts that example app as a subprocess on a free
   loopback port: gunicorn (``-w 2 --threads 4``) or werkzeug's threaded
-  server (``python tests/loadkit.py serve-werkzeug``), and always stops it.
+  server (``python benchmarks/loadkit.py serve-werkzeug``), and always stops it.
   The app is :func:`server_app`: ``create_app`` plus an exempt twin of
   ``GET /v1/project`` doing the same work without a key, for the benchmark.
 - :class:`LoadClient` sends a weighted mix of :class:`Case` from client
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
+BENCHMARKS = ROOT / "benchmarks"
 EXAMPLES = ROOT / "examples"
 HOST = "127.0.0.1"
 
@@ -326,7 +326,7 @@ def _gunicorn_command(workers: int, threads: int) -> list[str]:
         "--graceful-timeout",
         "5",
         "--pythonpath",
-        str(TESTS),
+        str(BENCHMARKS),
     ]
     usage = subprocess.run(
         [str(gunicorn), "--help"], capture_output=True, text=True, timeout=30

@@ -1,9 +1,12 @@
-"""Shared structures not pinned by tests/test_thread_safety.py, under threads.
+"""Every structure threads share, pinned by a concurrent test.
 
-- the verified-key cache: a stale entry re-read while the key is revoked here;
-  how long a revocation made elsewhere can be outlived;
-- the worker pools (argon2, store lookups) across ``fork``, and the locks a
-  forked child inherits;
+- the verified-key cache: LRU eviction under pressure, a revocation while a
+  key is being verified or its stale entry re-read, how long a revocation
+  made elsewhere can be outlived;
+- the creation clock (strictly increasing ``created_at``);
+- the in-memory store (see also the contract's concurrent tests);
+- the worker pools (argon2, store lookups) from many threads at once, across
+  ``fork``, and the locks a forked child inherits;
 - the SQL store: mixed work on a file and on an in-memory database (one
   connection the threads take turns on), and ``close()`` while in use;
 - the middleware's prebuilt error answers, which every request shares;
@@ -63,7 +66,103 @@ class PausingHasher(CountingHasher):
         return super().verify(hash, password)
 
 
-# -- the verified-key cache --------------------------------------------------------
+# -- the verified-key cache, the creation clock, the in-memory store ---------------
+
+
+def test_cache_under_eviction_pressure_and_concurrent_revocation() -> None:
+    hasher = CountingHasher()
+    keys = KeyManager(InMemoryKeyStore(), hasher=hasher, cache_size=8)
+    issued = [keys.create(f"p{n % 4}", f"k{n}") for n in range(24)]
+    doomed = {i.record.id for i in issued[::3]}
+    revoked_done = threading.Event()
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        if n == 0:
+            for item in issued[::3]:
+                keys.revoke(item.record.id)
+            revoked_done.set()
+            return
+        for _ in range(400):
+            item = rng.choice(issued)
+            try:
+                record = keys.authenticate(item.key)
+            except InvalidApiKey:
+                assert item.record.id in doomed
+                continue
+            assert record.id == item.record.id
+            assert record.project_id == item.record.project_id
+
+    assert run_threads(worker, 8) == []
+    assert revoked_done.is_set()
+    assert len(keys._cache) <= 8
+    for item in issued:
+        if item.record.id in doomed:
+            with pytest.raises(InvalidApiKey):
+                keys.authenticate(item.key)
+        else:
+            assert keys.authenticate(item.key).id == item.record.id
+
+
+def test_revocation_wins_over_a_verification_in_flight() -> None:
+    """A verification that read the record before a revocation cannot put the key
+    back in the cache after it."""
+    store = InMemoryKeyStore()
+    hasher = PausingHasher()
+    keys = KeyManager(store, hasher=hasher)
+    issued = keys.create("p1", "n")
+    hasher.pause.set()
+    outcome: list[Any] = []
+    verifying = threading.Thread(
+        target=lambda: outcome.append(keys.authenticate(issued.key))
+    )
+    verifying.start()
+    assert hasher.entered.wait(5)
+    keys.revoke(issued.record.id)
+    hasher.release.set()
+    verifying.join()
+    assert outcome == [issued.record]  # began before the revocation
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(issued.key)
+
+
+def test_concurrent_creates_get_distinct_ordered_times() -> None:
+    keys = KeyManager(InMemoryKeyStore(), hasher=CountingHasher())
+
+    def create(n: int) -> None:
+        for i in range(10):
+            keys.create("p1", f"{n}-{i}")
+
+    assert run_threads(create, 8) == []
+    listed = keys.list("p1")
+    assert len(listed) == 80
+    times = [record.created_at for record in listed]
+    assert len(set(times)) == 80
+    assert times == sorted(times, reverse=True)
+
+
+def test_in_memory_store_mixed_operations_from_many_threads() -> None:
+    keys = KeyManager(InMemoryKeyStore(), hasher=CountingHasher())
+    created: list[Any] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        for i in range(30):
+            issued = keys.create(f"p{n % 2}", f"{n}-{i}")
+            with lock:
+                created.append(issued)
+            assert keys.authenticate(issued.key).id == issued.record.id
+            if rng.random() < 0.3:
+                keys.revoke(issued.record.id)
+            keys.list(f"p{n % 2}", include_revoked=True)
+
+    assert run_threads(worker, 8) == []
+    everything = keys.list("p0", include_revoked=True) + keys.list(
+        "p1", include_revoked=True
+    )
+    assert sorted(r.id for r in everything) == sorted(i.record.id for i in created)
+    assert_each_key_as_stored(keys, created)
 
 
 class PausingReads(InMemoryKeyStore):
