@@ -130,6 +130,24 @@ def test_the_command_without_click_names_the_cli_extra(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--help"], id="group"),
+        pytest.param(["create", "--help"], id="create"),
+        pytest.param(["list", "--help"], id="list"),
+        pytest.param(["revoke", "--help"], id="revoke"),
+    ],
+)
+def test_help_needs_no_store_nor_its_extras(tmp_path: Path, args: list[str]) -> None:
+    url = "postgresql+psycopg://u:s3cret@127.0.0.1:1/x"
+    done = python(
+        {"sqlalchemy", "psycopg"}, RUN_CLI, "--database-url", url, *args, cwd=tmp_path
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout.startswith("Usage: vemetric-auth")
+
+
 def test_the_command_without_sqlalchemy_names_the_cli_extra(tmp_path: Path) -> None:
     done = python(
         {"sqlalchemy"},
