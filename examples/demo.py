@@ -7,6 +7,7 @@ revokes at once; prints the key and a ``curl`` line for the success case and
 for each of the four ``401`` errors; then serves ``examples/flask_app.py`` on
 ``127.0.0.1:5000`` with werkzeug until Ctrl+C::
 
+    pip install -e '.[flask]'          # from a clone (make demo does it)
     python examples/demo.py            # or: make demo
     python examples/demo.py 8080       # another port; PORT=8080 works too
 
