@@ -7,8 +7,13 @@ revokes at once; prints the key and a ``curl`` line for the success case and
 for each of the four ``401`` errors; then serves ``examples/flask_app.py`` on
 ``127.0.0.1:5000`` with werkzeug until Ctrl+C::
 
+    pip install -e '.[flask]'          # from a clone (make demo does it)
     python examples/demo.py            # or: make demo
     python examples/demo.py 8080       # another port; PORT=8080 works too
+
+The port is taken before any key is made: when 5000 is busy (on macOS, the
+AirPlay Receiver holds it) the demo serves on a free port and says which; when
+a port given on purpose is busy, it stops, having created nothing.
 
 Run it again for another key: the project is reused. List and revoke keys
 meanwhile with ``vemetric-auth list --project proj_demo`` from the same
@@ -17,14 +22,17 @@ directory.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -84,13 +92,47 @@ def curl_lines(demo: Demo, base_url: str) -> list[str]:
     ]
 
 
+def listen(port: int | None) -> socket.socket:
+    """Return a socket listening on 127.0.0.1:*port*, or on port 5000.
+
+    Without a *port*, a busy 5000 gives a free port instead.
+
+    :raises OSError: *port* was given and cannot be had.
+    """
+    try:
+        return socket.create_server(
+            ("127.0.0.1", DEFAULT_PORT if port is None else port)
+        )
+    except OSError as error:
+        if port is not None or error.errno != errno.EADDRINUSE:
+            raise
+    return socket.create_server(("127.0.0.1", 0))
+
+
+def serve(app: Flask, listener: socket.socket) -> BaseWSGIServer:
+    """Return werkzeug's threaded server for *app* on the bound *listener*."""
+    host, port = listener.getsockname()[:2]
+    # werkzeug serves a copy of the socket it is given; the demo keeps none.
+    with listener:
+        return make_server(host, port, app, threaded=True, fd=listener.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Set up the demo, print how to call it, and serve until Ctrl+C."""
+    """Take the port, set up the demo, print how to call it, serve until Ctrl+C."""
     args = sys.argv[1:] if argv is None else list(argv)
-    port = int(args[0] if args else os.environ.get("PORT", DEFAULT_PORT))
+    chosen = args[0] if args else os.environ.get("PORT")
+    port = None if chosen is None else _port(chosen)
+    try:
+        listener = listen(port)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        sys.exit(f"Cannot serve on 127.0.0.1:{port}: {reason}. No key was made.")
     app = create_app()
+    server = serve(app, listener)
     demo = setup(app)
-    base_url = f"http://127.0.0.1:{port}"
+    base_url = f"http://127.0.0.1:{server.port}"
+    if chosen is None and server.port != DEFAULT_PORT:
+        print(f"Port {DEFAULT_PORT} is busy: serving on {server.port} instead.")
     print(f"Key store: {app.config['VEMETRIC_AUTH_DATABASE_URL']}")
     print(f"Project:   {demo.project_id}")
     print(f"API key:   {demo.key}   (shown this once; id {demo.key_id})")
@@ -102,11 +144,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print(f"Manage keys: .venv/bin/vemetric-auth list --project {demo.project_id}")
     print()
+    print(f"Serving on {base_url} (Ctrl+C to stop)")
     sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
-    from werkzeug.serving import run_simple
 
-    run_simple("127.0.0.1", port, app, threaded=True)
+def _port(text: str) -> int:
+    port = int(text) if text.isascii() and text.isdigit() else 0
+    if not 0 < port < 65536:
+        sys.exit(f"Not a port number: {text!r}")
+    return port
 
 
 if __name__ == "__main__":

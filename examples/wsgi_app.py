@@ -4,6 +4,7 @@ Create a key, start the app under werkzeug or gunicorn, and call it (from the
 repository root, so that both use ``./vemetric_auth.db``; set
 ``VEMETRIC_AUTH_DATABASE_URL`` to use another store)::
 
+    pip install -e '.[cli]'     # from a clone: SQLKeyStore and the command
     vemetric-auth create --project proj_demo --name "curl test"   # prints vem_...
 
     python examples/wsgi_app.py            # werkzeug on http://127.0.0.1:8000

@@ -434,3 +434,127 @@ def test_unreachable_postgres_is_one_line_and_quick(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr
     assert elapsed < 15
+
+
+# -- click's own machinery: ctx.obj, parameter callbacks, one-line display -----
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        pytest.param(["create", "--project", "p\udcff", "--name", "n"], "--project"),
+        pytest.param(["create", "--project", "p", "--name", "\udcffn"], "--name"),
+        pytest.param(
+            ["create", "--project", "p", "--name", "n", "--created-by", "\udce9"],
+            "--created-by",
+        ),
+        pytest.param(["list", "--project", "\udcff"], "--project"),
+    ],
+)
+def test_arguments_that_are_not_utf8_are_usage_errors(
+    run: Any, database: Path, args: list[str], option: str
+) -> None:
+    """Bytes of another encoding reach Python as lone surrogates: exit 2."""
+    result = run(*args)
+    assert_one_line_error(
+        result, 2, f"Invalid value for '{option}': not valid UTF-8 text"
+    )
+    assert not database.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["revoke", "id\udcff"], id="key-id"),
+        pytest.param(["revoke", "{id}", "--revoked-by", "\udcff"], id="revoked-by"),
+    ],
+)
+def test_revoke_arguments_that_are_not_utf8_change_nothing(
+    run: Any, database: Path, args: list[str]
+) -> None:
+    record = create_json(run)["record"]
+    result = run(*[arg.format(id=record["id"]) for arg in args])
+    assert_one_line_error(result, 2, "not valid UTF-8 text")
+    assert [key.to_dict() for key in stored(database, "proj_1")] == [record]
+
+
+def test_a_non_utf8_command_line_is_a_usage_error(tmp_path: Path) -> None:
+    """The same through a real argv of bytes, as a shell passes them."""
+    failed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vemetric_auth",
+            "create",
+            "--project",
+            b"proj_\xff",
+            "--name",
+            "n",
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(LC_ALL="C.UTF-8"),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (failed.returncode, failed.stdout) == (2, b"")
+    assert failed.stderr.startswith(b"Error: Invalid value for '--project'")
+    assert failed.stderr.count(b"\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pasted_key_is_refused_by_the_key_id_parameter(run: Any) -> None:
+    key = create_json(run)["key"]
+    result = run("revoke", key, "--revoked-by", "x")
+    assert_one_line_error(result, 2, "Invalid value for 'KEY_ID': that is an API key")
+    assert key not in result.stderr
+
+
+def test_an_unusable_url_names_its_option() -> None:
+    result = CliRunner().invoke(
+        cli, ["--database-url", "not a url", "list", "--project", "p"], env={}
+    )
+    assert_one_line_error(
+        result, 2, "Invalid value for --database-url (or VEMETRIC_AUTH_DATABASE_URL)"
+    )
+    assert result.stderr.rstrip().endswith("(see 'vemetric-auth --help')")
+
+
+def test_any_group_of_the_commands_opens_its_store_through_ctx_obj() -> None:
+    """The commands find their store in ctx.obj, opened only once they need it."""
+    from conftest import CountingHasher
+
+    from vemetric_auth import InMemoryKeyStore
+    from vemetric_auth.cli import COMMANDS, CommandGroup, KeysOpener
+
+    keys = KeyManager(InMemoryKeyStore(), hasher=CountingHasher())
+    opened: list[KeyManager] = []
+
+    def open_keys() -> KeyManager:
+        opened.append(keys)
+        return keys
+
+    group = CommandGroup("keys", commands=COMMANDS)
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(group, list(args), obj=KeysOpener(open_keys))
+
+    assert invoke("create", "--help").exit_code == 0
+    refused = invoke("create", "--project", "p", "--name", "n", "--created-by", "")
+    assert refused.exit_code == 2
+    pasted = invoke("revoke", "vem_" + "a" * 32)
+    assert_one_line_error(pasted, 2, "that is an API key")
+    assert_one_line_error(invoke("list"), 2, "Missing option '--project'")
+    # Only the create that KeyManager refused opened the store; usage errors
+    # found by click did not.
+    assert opened == [keys]
+
+    created = invoke("create", "--project", "p", "--name", "n", "--json")
+    assert created.exit_code == 0, created.output
+    record = json.loads(created.stdout)["record"]
+    assert keys.get(record["id"]).name == "n"
+    listed = invoke("list", "--project", "p", "--json")
+    assert [item["id"] for item in json.loads(listed.stdout)] == [record["id"]]
+    assert_one_line_error(
+        invoke("frobnicate"), 2, "No such command 'frobnicate'. (see 'keys --help')"
+    )

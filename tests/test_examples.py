@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -408,12 +409,81 @@ def test_demo_serves_on_the_given_port(tmp_path: Path) -> None:
     assert (tmp_path / "vemetric_auth.db").exists()
 
 
+def demo_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("VEMETRIC_AUTH_") and k != "PORT"
+    }
+
+
+def test_demo_on_a_busy_port_stops_before_it_makes_a_key(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / "demo.py"), str(port)],
+            cwd=tmp_path,
+            env=demo_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert not re.search(r"vem_[a-z0-9]{32}", done.stdout + done.stderr)
+    assert done.stderr.startswith(f"Cannot serve on 127.0.0.1:{port}: ")
+    assert "No key was made" in done.stderr
+    # Not even the key store was made.
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_demo_serves_on_a_free_port_when_5000_is_busy(tmp_path: Path) -> None:
+    try:
+        taken: socket.socket | None = socket.create_server(
+            ("127.0.0.1", demo.DEFAULT_PORT)
+        )
+    except OSError:
+        taken = None  # another program holds it: busy all the same
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "demo.py")],
+        cwd=tmp_path,
+        env=demo_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("Serving on"):
+                break
+        text = "".join(output)
+        serving = re.search(r"^Serving on http://127\.0\.0\.1:(\d+) ", text, re.M)
+        assert serving is not None, text
+        port = int(serving.group(1))
+        assert port != demo.DEFAULT_PORT
+        assert f"Port {demo.DEFAULT_PORT} is busy: serving on {port} instead." in text
+        assert f"http://127.0.0.1:{port}/v1/project" in text  # the curl lines
+        key = re.search(r"API key:\s+(vem_[a-z0-9]{32})", text)
+        assert key is not None, text
+        status, body = call(port, "/v1/project", key.group(1))
+        assert (status, body["project"]["id"]) == (200, "proj_demo")
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        assert process.stdout is not None
+        process.stdout.close()
+        if taken is not None:
+            taken.close()
+
+
 class socket_port:
     """A free loopback port, found by binding port 0."""
 
     def __enter__(self) -> int:
-        import socket
-
         self._socket = socket.socket()
         self._socket.bind(("127.0.0.1", 0))
         port: int = self._socket.getsockname()[1]

@@ -48,3 +48,19 @@ def test_importing_the_package_loads_no_framework_or_extra() -> None:
         check=True,
     )
     assert done.stdout == "[]\n"
+
+
+def test_the_command_line_loads_no_store_until_a_command_runs() -> None:
+    code = (
+        "import sys, vemetric_auth.cli\n"
+        "loaded = {'flask', 'sqlalchemy', 'psycopg'} & set(sys.modules)\n"
+        "print(sorted(loaded))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout == "[]\n"

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from ._extras import install_hint
+
 
 def main() -> None:
     """Run the command line; without its extra installed, say so in one line."""
     try:
         from .cli import main as run
     except ModuleNotFoundError as error:
-        if error.name not in ("click", "sqlalchemy"):
+        if error.name != "click":
             raise
-        sys.exit(
-            f"vemetric-auth: the command line needs {error.name}: "
-            "pip install 'vemetric-auth[cli]'"
-        )
+        sys.exit(f"Error: the vemetric-auth command needs click: {install_hint('cli')}")
     run()
 
 

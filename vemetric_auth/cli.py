@@ -17,9 +17,11 @@ invalid values), 1 for anything else (unknown key id, a store that fails or
 cannot be reached). Nothing is written to the store when the input is refused.
 
 The command line is built with click, Flask's own dependency, so that
-``vemetric-auth`` and ``flask vemetric-auth`` are one implementation. click is
-not needed by the core package: install the ``flask`` extra (and ``sql`` for
-the SQL store) to use the command.
+``vemetric-auth`` and ``flask vemetric-auth`` are one implementation: each
+group puts a :class:`KeysOpener` in ``ctx.obj``, and the commands open the
+store through it only once their input is checked. click is not needed by the
+core package: install the ``cli`` extra (with ``postgres`` for a PostgreSQL
+store: ``pip install 'vemetric-auth[cli,postgres]'``).
 
 Security: the plaintext key of a new key is written to stdout of ``create``,
 once, and nowhere else: not to stderr, not to logs.
@@ -39,6 +41,7 @@ from typing import Any, NoReturn
 
 import click
 
+from ._extras import install_hint
 from .errors import KeyNotFound, StoreUnavailable
 from .keys import holds_key
 from .manager import KeyManager
@@ -48,20 +51,86 @@ __all__ = [
     "COMMANDS",
     "DEFAULT_DATABASE_URL",
     "CommandGroup",
+    "KeysOpener",
     "cli",
     "main",
-    "use_keys",
 ]
 
 #: The store the command uses without ``--database-url`` or
 #: ``VEMETRIC_AUTH_DATABASE_URL``: a SQLite file in the working directory.
 DEFAULT_DATABASE_URL = "sqlite:///vemetric_auth.db"
 
-# ctx.meta entry (shared by a command and its group) holding a callable that
-# returns the KeyManager to use, given create_database (whether a missing
-# SQLite file may be made). Opening the store is left to the subcommand, so
-# that "--help" never touches a database.
-_KEYS_META = "vemetric_auth.keys"
+
+class KeysOpener:
+    """The ``ctx.obj`` of a group of key commands: opens its key store on demand.
+
+    A group's callback sets ``ctx.obj = KeysOpener(open_keys)``; its commands
+    call *open_keys* only when they need the store, after their input was
+    checked, so that ``--help`` or a refused command never touches a database.
+
+    :param open_keys: Returns the :class:`~vemetric_auth.KeyManager` to use;
+        it may raise :class:`click.ClickException` when the store cannot be
+        opened.
+    :param open_existing_keys: Returns it for commands that read an existing
+        store (``list``, ``revoke``), without making a store that does not
+        exist yet, so that a mistyped SQLite path is an error rather than a
+        new, empty database. ``None``: *open_keys* serves them too.
+    """
+
+    def __init__(
+        self,
+        open_keys: Callable[[], KeyManager],
+        *,
+        open_existing_keys: Callable[[], KeyManager] | None = None,
+    ) -> None:
+        self._open_keys = open_keys
+        self._open_existing_keys = open_existing_keys or open_keys
+
+    def open(self, *, existing: bool = False) -> KeyManager:
+        """Return the group's :class:`~vemetric_auth.KeyManager`; with
+        *existing*, only if its store exists already."""
+        return self._open_existing_keys() if existing else self._open_keys()
+
+
+_pass_opener = click.make_pass_decorator(KeysOpener)
+
+
+class CommandGroup(click.Group):
+    """A click group that shows every usage error in one line, exit status 2.
+
+    click shows a usage error in three lines: the usage, a hint and the
+    error. Scripts and log scrapers get one here, ``Error: <message> (see
+    '<command> --help')``, for errors in the group's own options and in its
+    subcommands alike. Used for both ``vemetric-auth`` and ``flask
+    vemetric-auth``.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse the group's own options, showing a usage error in one line."""
+        with _usage_errors_in_one_line(ctx):
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand, showing a usage error in one line."""
+        with _usage_errors_in_one_line(ctx):
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _usage_errors_in_one_line(ctx: click.Context) -> Iterator[None]:
+    # The one place a usage error is shown: it is click's own exception,
+    # raised by click or by a parameter's type or callback.
+    no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
+    try:
+        yield
+    except click.UsageError as error:
+        if isinstance(error, no_args_is_help):
+            raise  # a bare group name shows its help, as click intends
+        message = " ".join(error.format_message().split())
+        if error.ctx is not None:
+            message += f" (see '{error.ctx.command_path} --help')"
+        click.echo(f"Error: {message}", err=True)
+        ctx.exit(error.exit_code)
 
 
 class _Failure(click.ClickException):
@@ -72,68 +141,45 @@ class _Failure(click.ClickException):
         super().__init__(" ".join(message.split()))
 
 
-class _UsageFailure(_Failure):
-    """A wrong command line, shown in one line; exit status 2, as click's."""
+def _text_arg(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    """Refuse a value that is not text: bytes of another encoding than UTF-8."""
+    if value is not None:
+        _check_text(value)
+    return value
 
-    exit_code = 2
+
+def _key_id_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse a pasted API key where its id belongs, without echoing it."""
+    if holds_key(value):
+        # Refused before it reaches an error message, a log or a SQL
+        # statement (KeyManager.revoke would refuse it too).
+        raise click.BadParameter(
+            "that is an API key, not a key id: give the id that list shows"
+        )
+    _check_text(value)
+    return value
 
 
-@contextmanager
-def _one_line_usage_errors() -> Iterator[None]:
-    # click shows a usage error as three lines (usage, hint, error); scripts
-    # and log scrapers get one here, with click's exit status 2.
-    no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", ())
+def _check_text(value: str) -> None:
     try:
-        yield
-    except click.UsageError as error:
-        if isinstance(error, no_args_is_help):
-            raise  # a bare group name shows its help, as click intends
-        message = error.format_message()
-        if error.ctx is not None:
-            message += f" (see '{error.ctx.command_path} --help')"
-        raise _UsageFailure(message) from None
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Python decodes such bytes of argv to lone surrogates, which no
+        # store can keep: a usage error, not a store failure.
+        raise click.BadParameter("not valid UTF-8 text") from None
 
 
-class CommandGroup(click.Group):
-    """A click group whose errors, its subcommands' included, are one line.
-
-    Used for both ``vemetric-auth`` and ``flask vemetric-auth``.
-    """
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        """Parse the group's own options; a usage error becomes one line."""
-        with _one_line_usage_errors():
-            return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        """Run the subcommand; a usage error in its arguments becomes one line."""
-        with _one_line_usage_errors():
-            return super().invoke(ctx)
-
-
-def use_keys(opener: Callable[[], KeyManager]) -> None:
-    """Make the running group's subcommands use the manager *opener* returns.
-
-    Call it from a group's callback; *opener* runs only when a subcommand
-    needs the store.
-    """
-    ctx = click.get_current_context()
-    # An application's store is opened as the application opens it.
-    ctx.meta[_KEYS_META] = lambda *, create_database: opener()
-
-
-def _keys(ctx: click.Context, *, existing: bool = True) -> KeyManager:
+def _keys(opener: KeysOpener, *, existing: bool = True) -> KeyManager:
     """Open the group's key store; with *existing*, refuse to make a new SQLite file.
 
     ``list`` and ``revoke`` read an existing store: a mistyped file name
     should be an error, not a new, empty database. The store raises
     :exc:`FileNotFoundError` on first use then; see :func:`_store_failure`.
     """
-    opener: Callable[..., KeyManager] | None = ctx.meta.get(_KEYS_META)
-    if opener is None:
-        raise RuntimeError("vemetric-auth commands run under a group calling use_keys")
     with _reported_errors():
-        return opener(create_database=not existing)
+        return opener.open(existing=existing)
 
 
 @contextmanager
@@ -147,7 +193,7 @@ def _reported_errors() -> Iterator[None]:
         raise _Failure(_store_failure(error)) from None
     except ValueError as error:
         # KeyManager validates its input before it writes anything.
-        raise _UsageFailure(str(error)) from None
+        raise click.UsageError(str(error)) from None
 
 
 def _store_failure(error: StoreUnavailable) -> str:
@@ -167,14 +213,20 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _open_sql_keys(database_url: str, *, create_database: bool) -> KeyManager:
+def _open_sql_keys(
+    database_url: str, ctx: click.Context, *, create_database: bool
+) -> KeyManager:
+    """Open the store at *database_url*; *ctx* is the context of its option."""
     try:
+        from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
         from .stores.sql import SQLKeyStore
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as error:
+        if error.name != "sqlalchemy":
+            raise
         raise _Failure(
-            "the SQL key store needs SQLAlchemy: pip install 'vemetric-auth[sql]'"
+            f"the vemetric-auth command needs SQLAlchemy: {install_hint('cli')}"
         ) from None
     # SQLKeyStore parses the URL and builds its engine here; it connects (and
     # creates its table) only on first use, after the input was checked.
@@ -182,15 +234,35 @@ def _open_sql_keys(database_url: str, *, create_database: bool) -> KeyManager:
         store = SQLKeyStore(database_url, create_database=create_database)
     except ArgumentError as error:
         # Unparsable, or an unknown dialect (NoSuchModuleError is one too).
-        raise _UsageFailure(
-            f"--database-url (or VEMETRIC_AUTH_DATABASE_URL) is not usable: "
-            f"{_first_line(error)}"
+        raise click.BadParameter(
+            _first_line(error),
+            ctx=ctx,
+            param_hint="--database-url (or VEMETRIC_AUTH_DATABASE_URL)",
         ) from None
+    except ModuleNotFoundError as error:
+        # The URL's database driver, imported as the engine is built.
+        backend = make_url(database_url).get_backend_name()
+        raise _Failure(_missing_driver(error.name, backend)) from None
     except Exception as error:
-        # A missing driver, say. SQLAlchemy's messages name the dialect and
-        # driver, never the password.
+        # SQLAlchemy's messages name the dialect and driver, never the password.
         raise _Failure(f"the key store failed: {_first_line(error)}") from None
     return KeyManager(store)
+
+
+def _missing_driver(driver: str | None, backend: str) -> str:
+    if driver == "psycopg":
+        return (
+            "the PostgreSQL driver psycopg is not installed: "
+            f"{install_hint('cli', 'postgres')}"
+        )
+    if backend == "postgresql":
+        # Before SQLAlchemy 2.1, postgresql:// alone means psycopg2.
+        return (
+            f"the PostgreSQL driver {driver} is not installed: install it, or "
+            "use psycopg 3 with a postgresql+psycopg:// URL and "
+            f"{install_hint('cli', 'postgres')}"
+        )
+    return f"the database driver {driver} is not installed: install it"
 
 
 # -- output ------------------------------------------------------------------
@@ -294,20 +366,24 @@ _json_option = click.option(
 @click.option(
     "--project",
     "project_id",
+    callback=_text_arg,
     required=True,
     metavar="PROJECT_ID",
     help="The project the key gives access to.",
 )
 @click.option(
     "--name",
+    callback=_text_arg,
     required=True,
     help="What the key is for, 1 to 100 characters, e.g. 'Production dashboard'.",
 )
-@click.option("--created-by", metavar="WHO", help="Who creates the key.")
+@click.option(
+    "--created-by", callback=_text_arg, metavar="WHO", help="Who creates the key."
+)
 @_json_option
-@click.pass_context
+@_pass_opener
 def create(
-    ctx: click.Context,
+    opener: KeysOpener,
     project_id: str,
     name: str,
     created_by: str | None,
@@ -317,7 +393,7 @@ def create(
     if sys.stdout is None or sys.stdout.closed:
         # The key would be created and never seen.
         raise _Failure("standard output is closed: the new key could not be shown")
-    keys = _keys(ctx, existing=False)
+    keys = _keys(opener, existing=False)
     with _reported_errors():
         issued = keys.create(project_id, name, created_by=created_by)
     record = issued.record
@@ -342,6 +418,7 @@ def create(
 @click.option(
     "--project",
     "project_id",
+    callback=_text_arg,
     required=True,
     metavar="PROJECT_ID",
     help="The project whose keys to list.",
@@ -350,16 +427,16 @@ def create(
     "--all", "include_revoked", is_flag=True, help="Include revoked keys too."
 )
 @_json_option
-@click.pass_context
+@_pass_opener
 def list_keys(
-    ctx: click.Context, project_id: str, include_revoked: bool, as_json: bool
+    opener: KeysOpener, project_id: str, include_revoked: bool, as_json: bool
 ) -> None:
     """List a project's keys, newest first: id, name, prefix, created, creator, status.
 
     Revoked keys are left out unless --all is given. The keys themselves
     are never shown: they are not stored.
     """
-    keys = _keys(ctx)
+    keys = _keys(opener)
     with _reported_errors():
         records = keys.list(project_id, include_revoked=include_revoked)
     if as_json:
@@ -372,24 +449,20 @@ def list_keys(
 
 
 @click.command(short_help="Revoke a key for good.")
-@click.argument("key_id")
-@click.option("--revoked-by", metavar="WHO", help="Who revokes the key.")
+@click.argument("key_id", callback=_key_id_arg)
+@click.option(
+    "--revoked-by", callback=_text_arg, metavar="WHO", help="Who revokes the key."
+)
 @_json_option
-@click.pass_context
+@_pass_opener
 def revoke(
-    ctx: click.Context, key_id: str, revoked_by: str | None, as_json: bool
+    opener: KeysOpener, key_id: str, revoked_by: str | None, as_json: bool
 ) -> None:
     """Revoke the key KEY_ID (its id, as 'list' shows it) for good.
 
     Revoking a revoked key changes nothing and prints its record as it is.
     """
-    if holds_key(key_id):
-        # Someone pasted the key itself: refuse it without echoing it into an
-        # error message, a log or a SQL statement (KeyManager.revoke would too).
-        raise _UsageFailure(
-            "that is an API key, not a key id: give the id that list shows"
-        )
-    keys = _keys(ctx)
+    keys = _keys(opener)
     started = datetime.now(timezone.utc)
     with _reported_errors():
         record = keys.revoke(key_id, revoked_by=revoked_by)
@@ -417,10 +490,15 @@ COMMANDS: tuple[click.Command, ...] = (create, list_keys, revoke)
     metavar="URL",
     help="SQLAlchemy URL of the key store; VEMETRIC_AUTH_DATABASE_URL if not given.",
 )
-def cli(database_url: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, database_url: str) -> None:
     """Create, list and revoke vem_ API keys in a SQL key store."""
-    ctx = click.get_current_context()
-    ctx.meta[_KEYS_META] = functools.partial(_open_sql_keys, database_url)
+    ctx.obj = KeysOpener(
+        functools.partial(_open_sql_keys, database_url, ctx, create_database=True),
+        open_existing_keys=functools.partial(
+            _open_sql_keys, database_url, ctx, create_database=False
+        ),
+    )
 
 
 for _command in COMMANDS:

@@ -32,13 +32,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
-import click
-from flask import Blueprint, Flask, Request, current_app, g, request
-from flask.cli import with_appcontext
 from werkzeug.wrappers import Response
 
+from ._extras import install_hint
+
+try:
+    import click
+    from flask import Blueprint, Flask, Request, current_app, g, request
+    from flask.cli import with_appcontext
+except ModuleNotFoundError as error:
+    if error.name not in ("flask", "click"):
+        raise  # a broken installation: its own error says more
+    raise ImportError(
+        f"vemetric_auth.flask needs Flask: {install_hint('flask')}", name=error.name
+    ) from None
+
 from ._http import RequestGate, validate_paths, validate_realm, validate_retry_after
-from .cli import COMMANDS, DEFAULT_DATABASE_URL, CommandGroup, use_keys
+from .cli import COMMANDS, DEFAULT_DATABASE_URL, CommandGroup, KeysOpener
 from .errors import AuthError
 from .manager import KeyManager
 from .middleware import API_KEY_ENVIRON_KEY, PROJECT_ID_ENVIRON_KEY
@@ -399,9 +409,10 @@ def _app_keys() -> KeyManager:
 
 @click.group("vemetric-auth", cls=CommandGroup)
 @with_appcontext
-def _flask_commands() -> None:
+@click.pass_context
+def _flask_commands(ctx: click.Context) -> None:
     """Create, list and revoke vem_ API keys in this app's key store."""
-    use_keys(_app_keys)
+    ctx.obj = KeysOpener(_app_keys)
 
 
 for _command in COMMANDS:

@@ -17,7 +17,7 @@ __all__ = ["DuplicatePrefix", "InMemoryKeyStore", "KeyStore", "SQLKeyStore"]
 def __getattr__(name: str) -> Any:
     # SQLAlchemy is an extra: import it only when the SQL store is asked for.
     if name == "SQLKeyStore":
-        from .sql import SQLKeyStore
+        from .._extras import sql_key_store
 
-        return SQLKeyStore
+        return sql_key_store()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
