@@ -29,6 +29,10 @@ INVALID = "Invalid or revoked API key"
 UNKNOWN_KEY = "vem_" + "0" * 32
 ISSUED = object()  # stands for "Bearer <the issued key>" in the tables below
 REVOKED = object()  # stands for "Bearer <a revoked key>"
+PREFLIGHT_HEADERS = {
+    "Origin": "https://app.example",
+    "Access-Control-Request-Method": "GET",
+}
 
 
 def ok_app(
@@ -412,14 +416,19 @@ def test_static_files_are_protected_unless_exempted(
         pytest.param("POST", "/v1/project", False, 401, id="405-needs-a-key"),
         pytest.param("POST", "/v1/project", True, 405, id="405-with-a-key"),
         pytest.param("GET", "/health/", False, 401, id="unmatched-exempt-lookalike"),
-        pytest.param("OPTIONS", "/v1/project", False, 200, id="options-passes"),
-        pytest.param("OPTIONS", "/nowhere", False, 404, id="options-404"),
+        pytest.param("PREFLIGHT", "/v1/project", False, 200, id="options-passes"),
+        pytest.param("PREFLIGHT", "/nowhere", False, 404, id="options-404"),
+        pytest.param("OPTIONS", "/v1/project", False, 401, id="plain-options-401"),
+        pytest.param("OPTIONS", "/v1/project", True, 200, id="plain-options-key"),
     ],
 )
 def test_unrouted_requests_and_options(
     app: Flask, issued: IssuedKey, method: str, path: str, with_key: bool, status: int
 ) -> None:
     headers = {"Authorization": f"Bearer {issued.key}"} if with_key else {}
+    if method == "PREFLIGHT":  # a CORS preflight: OPTIONS with both headers
+        method = "OPTIONS"
+        headers.update(PREFLIGHT_HEADERS)
     response = app.test_client().open(path, method=method, headers=headers)
     assert response.status_code == status
 
@@ -427,6 +436,8 @@ def test_unrouted_requests_and_options(
 def test_options_can_be_protected(keys: KeyManager) -> None:
     app, _ = build_app(keys, {"VEMETRIC_AUTH_ALLOW_OPTIONS": False})
     response = app.test_client().options("/v1/project")
+    assert answer(response) == expected_401(MISSING, None)
+    response = app.test_client().options("/v1/project", headers=PREFLIGHT_HEADERS)
     assert answer(response) == expected_401(MISSING, None)
 
 

@@ -63,6 +63,11 @@ def assert_401(response: TestResponse, message: str) -> None:
     assert response.headers["WWW-Authenticate"] == CHALLENGES[message]
 
 
+PREFLIGHT_HEADERS = {
+    "Origin": "https://app.example",
+    "Access-Control-Request-Method": "GET",
+}
+
 KEY = "vem_" + "k" * 32  # stands for the issued key in the tables below
 
 HEADER_CASES = [
@@ -225,7 +230,8 @@ def test_store_failure_is_503_for_unknown_keys_too(
 def test_options_and_exempt_paths_pass_without_a_key(
     client: Client, downstream: Recorder, flaky_store: FlakyStore
 ) -> None:
-    assert client.options("/v1/project").status_code == 200
+    assert client.options("/v1/project", headers=PREFLIGHT_HEADERS).status_code == 200
+    assert_401(client.options("/v1/project"), MISSING)  # not a preflight
     assert client.get("/health").status_code == 200
     assert client.get("/health/").status_code == 401  # exact paths only
     assert len(downstream.calls) == 2
@@ -236,6 +242,7 @@ def test_options_and_exempt_paths_pass_without_a_key(
 def test_options_can_be_protected(flaky_keys: KeyManager, downstream: Recorder) -> None:
     client = Client(ApiKeyMiddleware(downstream, flaky_keys, allow_options=False))
     assert_401(client.options("/"), MISSING)
+    assert_401(client.options("/", headers=PREFLIGHT_HEADERS), MISSING)
 
 
 def test_realm_is_configurable_and_quoted(
