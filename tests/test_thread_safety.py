@@ -3,14 +3,19 @@
 - the verified-key cache (LRU, eviction, revocation while verifying),
 - the in-memory store (see also the contract's concurrent tests),
 - the creation clock (strictly increasing created_at),
-- the argon2 workers (bound, see test_manager), from many threads at once.
+- the argon2 workers (bound, see test_manager), from many threads at once,
+- the in-memory store's lock in a child forked while another thread held it.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
-from typing import Any
+import warnings
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import pytest
 from conftest import CountingHasher, assert_each_key_as_stored, run_threads
@@ -119,3 +124,66 @@ def test_in_memory_store_mixed_operations_from_many_threads() -> None:
     )
     assert sorted(r.id for r in everything) == sorted(i.record.id for i in created)
     assert_each_key_as_stored(keys, created)
+
+
+# -- after fork() --------------------------------------------------------------------
+
+
+def _fork() -> int:
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _in_child(check: Callable[[], bool]) -> NoReturn:
+    """Run *check* in the forked child; report through the exit status only."""
+    code = 2
+    try:
+        signal.alarm(5)  # a deadlocked child is killed, not waited for
+        code = 0 if check() else 1
+    finally:
+        os._exit(code)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_while_another_thread_holds_the_memory_stores_lock() -> None:
+    """A pre-forking server forks while a request thread is inside the store:
+    the child's store has a lock of its own, and the keys as they were."""
+    store = InMemoryKeyStore()
+    keys = KeyManager(store, hasher=CountingHasher())
+    issued = keys.create("p1", "n")
+    inside = threading.Event()
+    leave = threading.Event()
+
+    class Holding:
+        """Stands for a store method in progress on another thread."""
+
+        def __init__(self) -> None:
+            self.thread = threading.Thread(target=self.hold)
+
+        def hold(self) -> None:
+            with store._lock:  # what every method of the store takes
+                inside.set()
+                leave.wait(10)
+
+    holding = Holding()
+    holding.thread.start()
+    try:
+        assert inside.wait(5)
+        pid = _fork()
+        if pid == 0:
+            _in_child(
+                lambda: (
+                    store.get(issued.record.id) == issued.record
+                    and KeyManager(store, hasher=CountingHasher()).authenticate(
+                        issued.key
+                    )
+                    == issued.record
+                )
+            )
+    finally:
+        leave.set()
+        holding.thread.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
