@@ -90,7 +90,9 @@ class VemetricAuth:
     Refused requests get the responses of the HTTP contract: ``401`` with the
     JSON body and ``WWW-Authenticate`` challenge, or ``503`` with
     ``Retry-After`` when the key store fails. They pass through the app's
-    ``after_request`` functions like any response.
+    ``after_request`` functions like any response. A non-``str``
+    ``HTTP_AUTHORIZATION`` in the environ is answered as a malformed header
+    (``401``, case 2), as by the middleware.
 
     :param app: The app to register on now; or call :meth:`init_app` later,
         once per app.

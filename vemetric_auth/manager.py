@@ -108,13 +108,13 @@ class KeyManager:
             raise TypeError("hasher must be an argon2.PasswordHasher")
         if max_verifications is None:
             max_verifications = os.cpu_count() or 1
-        self._cache_ttl = float(_setting("cache_ttl", cache_ttl, least=0))
+        self._cache_ttl = float(_setting("cache_ttl", cache_ttl))
         cache_size = _setting("cache_size", cache_size, whole=True, least=1)
         self._max_verifications: int = _setting(
             "max_verifications", max_verifications, whole=True, least=1
         )
         if store_timeout is not None:
-            store_timeout = _setting("store_timeout", store_timeout, above=0)
+            store_timeout = _setting("store_timeout", store_timeout, above=True)
         self._store = store
         self._call_store: StoreCalls = StoreCalls(store, store_timeout)
         self._argon2 = Argon2Threads(
@@ -392,17 +392,11 @@ class KeyManager:
 
 
 def _setting(
-    name: str,
-    value: Any,
-    *,
-    whole: bool = False,
-    least: float | None = None,
-    above: float | None = None,
+    name: str, value: Any, *, whole: bool = False, least: float = 0, above: bool = False
 ) -> Any:
-    """Return the constructor argument *value* if it is a number of the right
-    kind and range, else raise :exc:`TypeError` or :exc:`ValueError` naming it.
-
-    Every setting is checked here, once, when the manager is made.
+    """Return the argument *value* if it is a number (an int if *whole*) of
+    at least *least* (more than it if *above*); else raise TypeError or
+    ValueError naming it. Each setting is checked once, here, at construction.
     """
     if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
         raise TypeError(
@@ -410,10 +404,10 @@ def _setting(
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number of seconds")
-    if least is not None and value < least:
-        raise ValueError(f"{name} must be at least {least}")
-    if above is not None and value <= above:
-        raise ValueError(f"{name} must be more than {above}")
+    if value < least or (above and value == least):
+        raise ValueError(
+            f"{name} must be {'more than' if above else 'at least'} {least}"
+        )
     return value
 
 

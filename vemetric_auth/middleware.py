@@ -35,7 +35,11 @@ class ApiKeyMiddleware:
     :class:`~vemetric_auth.ApiKey`) and ``vemetric_auth.project_id``. Any other
     request is answered here: ``401`` with the JSON body and
     ``WWW-Authenticate`` challenge of the HTTP contract, or ``503`` with
-    ``Retry-After`` when the key store fails.
+    ``Retry-After`` when the key store fails (or the manager is closed).
+
+    An ``HTTP_AUTHORIZATION`` environ entry that is not a ``str`` (``bytes``
+    or an ``int`` put there by a faulty middleware upstream) is not read: it
+    is answered as a malformed header, ``401`` case 2, never as an error.
 
     :param app: The WSGI application to wrap.
     :param keys: The :class:`~vemetric_auth.KeyManager` that checks keys.
