@@ -545,6 +545,7 @@ def test_a_preflight_reads_no_more_of_the_body_and_closes_it(
     response = client.options("/", headers=PREFLIGHT_HEADERS)
     assert response.status == "204 No Content"
     assert response.headers["Allow"] == "GET, OPTIONS"
+    assert "Content-Length" not in response.headers  # RFC 9110 8.6
     assert response.data == b""
     assert produced == [1]
     assert closed == [True]

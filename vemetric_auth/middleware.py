@@ -50,7 +50,7 @@ class ApiKeyMiddleware:
         ``OPTIONS`` request with both ``Origin`` and
         ``Access-Control-Request-Method``. The application is called so that
         it can answer the preflight's CORS headers, but only its status and
-        headers go back (with ``Content-Length: 0``), never its body. Any
+        headers go back (``Content-Length`` set to ``0``), never its body. Any
         other ``OPTIONS`` request needs a key, as do preflights when this is
         ``False``.
     :param retry_after: Seconds sent in ``Retry-After`` with a ``503``.
@@ -117,7 +117,7 @@ def _headers_only(
 
     The body is not read beyond the first step an application may need to
     call ``start_response`` (a generator), and is closed. ``Content-Length``
-    becomes ``0``: nothing follows the headers.
+    becomes ``0`` (or goes, on a ``204``): nothing follows the headers.
 
     :raises RuntimeError: *app* never called ``start_response``.
     """
@@ -150,7 +150,10 @@ def _headers_only(
     headers = [
         (name, value) for name, value in headers if name.lower() != "content-length"
     ]
-    headers.append(("Content-Length", "0"))
+    # RFC 9110 8.6: no Content-Length on a 1xx or 204 answer (nor on a 304,
+    # where it would describe another response's body).
+    if not status.startswith(("1", "204", "304")):
+        headers.append(("Content-Length", "0"))
     start_response(status, headers)
     return []
 
