@@ -66,11 +66,6 @@ class Workers:
         # The child has none of the parent's threads, and none of its queue.
         self._reset()
 
-    @property
-    def threads(self) -> int:
-        """How many threads are running now."""
-        return len(self._threads)
-
     def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
         """Queue ``fn(*args)`` for a worker thread.
 
