@@ -263,7 +263,8 @@ class KeyManager:
         Revoked keys are left out unless *include_revoked*. An unknown project
         has no keys: the result is ``[]``.
 
-        :raises ValueError: an empty *project_id*.
+        :raises ValueError: an empty or over-long *project_id*, or one with a
+            control character or a lone surrogate.
         :raises StoreUnavailable: the store failed or did not answer within
             :attr:`store_timeout`.
         """
