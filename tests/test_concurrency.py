@@ -632,3 +632,45 @@ def test_revoke_evicts_under_the_id_the_store_answered_with() -> None:
     assert keys.revoke(issued.record.id.upper()).revoked
     with pytest.raises(InvalidApiKey):
         keys.authenticate(issued.key)
+
+
+@needs_fork
+def test_a_fork_while_another_thread_holds_the_memory_stores_lock() -> None:
+    """A pre-forking server forks while a request thread is inside the store:
+    the child's store has a lock of its own, and the keys as they were."""
+    store = InMemoryKeyStore()
+    keys = KeyManager(store, hasher=CountingHasher())
+    issued = keys.create("p1", "n")
+    inside = threading.Event()
+    leave = threading.Event()
+
+    class Holding:
+        """Stands for a store method in progress on another thread."""
+
+        def __init__(self) -> None:
+            self.thread = threading.Thread(target=self.hold)
+
+        def hold(self) -> None:
+            with store._lock:  # what every method of the store takes
+                inside.set()
+                leave.wait(10)
+
+    holding = Holding()
+    holding.thread.start()
+    try:
+        assert inside.wait(5)
+        pid = _fork()
+        if pid == 0:
+            _in_child(
+                lambda: (
+                    store.get(issued.record.id) == issued.record
+                    and KeyManager(store, hasher=CountingHasher()).authenticate(
+                        issued.key
+                    )
+                    == issued.record
+                )
+            )
+    finally:
+        leave.set()
+        holding.thread.join(10)
+    assert _child_status(pid) == 0

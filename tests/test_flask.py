@@ -29,6 +29,10 @@ INVALID = "Invalid or revoked API key"
 UNKNOWN_KEY = "vem_" + "0" * 32
 ISSUED = object()  # stands for "Bearer <the issued key>" in the tables below
 REVOKED = object()  # stands for "Bearer <a revoked key>"
+PREFLIGHT_HEADERS = {
+    "Origin": "https://app.example",
+    "Access-Control-Request-Method": "GET",
+}
 
 
 def ok_app(
@@ -412,14 +416,19 @@ def test_static_files_are_protected_unless_exempted(
         pytest.param("POST", "/v1/project", False, 401, id="405-needs-a-key"),
         pytest.param("POST", "/v1/project", True, 405, id="405-with-a-key"),
         pytest.param("GET", "/health/", False, 401, id="unmatched-exempt-lookalike"),
-        pytest.param("OPTIONS", "/v1/project", False, 200, id="options-passes"),
-        pytest.param("OPTIONS", "/nowhere", False, 404, id="options-404"),
+        pytest.param("PREFLIGHT", "/v1/project", False, 200, id="options-passes"),
+        pytest.param("PREFLIGHT", "/nowhere", False, 404, id="options-404"),
+        pytest.param("OPTIONS", "/v1/project", False, 401, id="plain-options-401"),
+        pytest.param("OPTIONS", "/v1/project", True, 200, id="plain-options-key"),
     ],
 )
 def test_unrouted_requests_and_options(
     app: Flask, issued: IssuedKey, method: str, path: str, with_key: bool, status: int
 ) -> None:
     headers = {"Authorization": f"Bearer {issued.key}"} if with_key else {}
+    if method == "PREFLIGHT":  # a CORS preflight: OPTIONS with both headers
+        method = "OPTIONS"
+        headers.update(PREFLIGHT_HEADERS)
     response = app.test_client().open(path, method=method, headers=headers)
     assert response.status_code == status
 
@@ -427,6 +436,8 @@ def test_unrouted_requests_and_options(
 def test_options_can_be_protected(keys: KeyManager) -> None:
     app, _ = build_app(keys, {"VEMETRIC_AUTH_ALLOW_OPTIONS": False})
     response = app.test_client().options("/v1/project")
+    assert answer(response) == expected_401(MISSING, None)
+    response = app.test_client().options("/v1/project", headers=PREFLIGHT_HEADERS)
     assert answer(response) == expected_401(MISSING, None)
 
 
@@ -713,3 +724,150 @@ def test_flask_cli_prints_what_the_standalone_cli_prints(tmp_path: Path) -> None
             assert from_flask.stdout == standalone.stdout
     finally:
         close_stores(app)
+
+
+# -- OPTIONS: a preflight never runs a view that handles OPTIONS itself ----------------
+
+
+def app_with_own_options(keys: KeyManager) -> tuple[Flask, list[str]]:
+    """An app whose view answers OPTIONS itself, and a CORS after_request hook."""
+    app = Flask(__name__)
+    VemetricAuth(app, keys=keys)
+    ran: list[str] = []
+
+    @app.route("/v1/things", methods=["GET", "OPTIONS"])
+    def things() -> dict[str, Any]:
+        ran.append(request.method)
+        return {"things": ["private"]}
+
+    @app.after_request
+    def cors(response: Any) -> Any:
+        response.headers["Access-Control-Allow-Origin"] = "https://app.example"
+        return response
+
+    return app, ran
+
+
+def test_a_view_that_handles_options_never_runs_without_a_key(
+    keys: KeyManager,
+) -> None:
+    app, ran = app_with_own_options(keys)
+    client = app.test_client()
+    for headers in ({}, {"Origin": "https://app.example"}):
+        response = client.options("/v1/things", headers=headers)
+        assert answer(response) == expected_401(MISSING, None)
+    preflight = client.options("/v1/things", headers=PREFLIGHT_HEADERS)
+    assert preflight.status_code == 200
+    assert b"private" not in preflight.data
+    assert set(preflight.headers["Allow"].split(", ")) >= {"GET", "OPTIONS"}
+    # Flask's own answer, through the app's after_request functions.
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert ran == []
+
+
+def test_a_view_that_handles_options_runs_with_a_key(
+    keys: KeyManager,
+) -> None:
+    app, ran = app_with_own_options(keys)
+    issued = keys.create("proj_1", "n")
+    response = app.test_client().options(
+        "/v1/things", headers={"Authorization": f"Bearer {issued.key}"}
+    )
+    assert b"private" in response.data
+    assert ran == ["OPTIONS"]
+
+
+def test_a_method_view_with_options_never_runs_on_a_preflight(
+    keys: KeyManager,
+) -> None:
+    from flask.views import MethodView
+
+    ran: list[str] = []
+
+    class Things(MethodView):
+        def get(self) -> str:
+            return "private"
+
+        def options(self) -> str:
+            ran.append("options")
+            return "private"
+
+    app = Flask(__name__)
+    VemetricAuth(app, keys=keys)
+    app.add_url_rule("/v1/things", view_func=Things.as_view("things"))
+    client = app.test_client()
+    assert client.options("/v1/things").status_code == 401
+    preflight = client.options("/v1/things", headers=PREFLIGHT_HEADERS)
+    assert preflight.status_code == 200
+    assert b"private" not in preflight.data
+    assert ran == []
+
+
+def test_a_preflight_gets_flasks_automatic_answer(keys: KeyManager) -> None:
+    app, _ = build_app(keys)
+    response = app.test_client().options("/v1/project", headers=PREFLIGHT_HEADERS)
+    assert response.status_code == 200
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "HEAD", "OPTIONS"}
+    assert response.data == b""
+
+
+@pytest.mark.parametrize("value", [b"Bearer x", 12345], ids=["bytes", "int"])
+def test_a_non_str_authorization_in_the_environ_is_a_malformed_header(
+    app: Flask, flaky_store: FlakyStore, value: Any
+) -> None:
+    calls_before = dict(flaky_store.calls)
+    response = app.test_client().get(
+        "/v1/project", environ_overrides={"HTTP_AUTHORIZATION": value}
+    )
+    assert answer(response) == expected_401(MALFORMED, "invalid_request")
+    assert flaky_store.calls == calls_before
+
+
+# -- an app factory leaves no thread behind --------------------------------------------
+
+
+def test_an_app_factory_making_300_apps_leaves_no_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each app gets its own KeyManager from its config; none is closed, yet
+    their threads end once idle."""
+    import threading
+    import time
+
+    from vemetric_auth import _workers
+
+    monkeypatch.setattr(_workers.Workers, "idle_timeout", 0.2)
+
+    def threads() -> set[threading.Thread]:
+        return {
+            thread
+            for thread in threading.enumerate()
+            if thread.name.startswith("vemetric-auth-")
+        }
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        app.config["VEMETRIC_AUTH_DATABASE_URL"] = f"sqlite:///{tmp_path / 'k.db'}"
+        VemetricAuth(app)
+
+        @app.get("/v1/project")
+        def project() -> str:
+            return str(g.project_id)
+
+        return app
+
+    before = threads()
+    first = create_app()
+    key = first.extensions["vemetric_auth"].keys.create("proj_1", "factory").key
+    close_stores(first)
+    for _ in range(300):
+        app = create_app()
+        response = app.test_client().get(
+            "/v1/project", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert response.data == b"proj_1"  # a store thread and an argon2 one
+        close_stores(app)
+    deadline = time.monotonic() + 10
+    while threads() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threads() - before == set()

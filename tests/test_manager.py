@@ -354,8 +354,8 @@ def test_store_failure_is_store_unavailable_never_invalid(
     flaky_store.failing = True
     with pytest.raises(StoreUnavailable) as info:
         flaky_keys.authenticate(issued.key)
-    assert info.value.__cause__ is None
-    assert info.value.__suppress_context__
+    # Every store failure is raised the one way, ``from`` the store's error.
+    assert isinstance(info.value.__cause__, OSError)
     flaky_store.failing = False
     assert flaky_keys.authenticate(issued.key) == issued.record
 
@@ -625,3 +625,209 @@ def test_cache_ttl_zero_reads_the_record_on_every_request_without_argon2(
         assert keys.authenticate(issued.key) == issued.record
     assert flaky_store.calls.get("get", 0) == gets_before + 5
     assert hasher.verifications == 1
+
+
+# -- bad input is refused before the store -------------------------------------------
+
+
+BAD_INPUT = [
+    pytest.param("create", ("p\ud800", "n"), {}, id="create-project-surrogate"),
+    pytest.param("create", ("p1", "n\udcff"), {}, id="create-name-surrogate"),
+    pytest.param(
+        "create", ("p1", "n"), {"created_by": "al\ud800ce"}, id="create-creator"
+    ),
+    pytest.param("create", ("p\x00", "n"), {}, id="create-project-nul"),
+    pytest.param("list", ("\ud800",), {}, id="list-surrogate"),
+    pytest.param("list", ("p\x00",), {}, id="list-nul"),
+    pytest.param("get", ("\ud800",), {}, id="get-surrogate"),
+    pytest.param("get", ("id\x00",), {}, id="get-nul"),
+    pytest.param("revoke", ("id\udfff",), {}, id="revoke-surrogate"),
+    pytest.param("revoke", ("id\x00",), {}, id="revoke-nul"),
+    pytest.param("revoke", ("0" * 32,), {"revoked_by": "\ud800"}, id="revoke-revoker"),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs"), BAD_INPUT)
+def test_lone_surrogates_and_nuls_are_value_errors_before_any_store_call(
+    flaky_keys: KeyManager,
+    flaky_store: FlakyStore,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """A non-UTF-8 command line argument, say, is bad input, not a store outage."""
+    with pytest.raises(ValueError, match=r"surrogate|control") as info:
+        getattr(flaky_keys, method)(*args, **kwargs)
+    assert not isinstance(info.value, StoreUnavailable)
+    assert flaky_store.calls == {}
+
+
+# -- the manager's threads: close(), with, idle -------------------------------------
+
+
+def worker_threads() -> set[threading.Thread]:
+    return {
+        thread
+        for thread in threading.enumerate()
+        if thread.name.startswith("vemetric-auth-")
+    }
+
+
+def wait_for_no_worker_threads(before: set[threading.Thread], within: float) -> None:
+    deadline = time.monotonic() + within
+    while worker_threads() - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert worker_threads() - before == set()
+
+
+@pytest.fixture
+def short_idle(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Worker threads end after 0.2 s without work instead of 30 s."""
+    from vemetric_auth import _workers
+
+    monkeypatch.setattr(_workers.Workers, "idle_timeout", 0.2)
+    return 0.2
+
+
+def test_close_stops_the_threads_and_later_calls_fail_cleanly(
+    memory_store: InMemoryKeyStore, hasher: CountingHasher
+) -> None:
+    before = worker_threads()
+    keys = KeyManager(memory_store, hasher=hasher)
+    issued = keys.create("p1", "n")
+    assert keys.authenticate(issued.key) == issued.record
+    assert worker_threads() - before  # an argon2 thread and a store thread
+    keys.close()
+    assert worker_threads() - before == set()  # close() waits for them
+    keys.close()  # again: nothing happens
+    # A closed manager never lets a key through, cached or not.
+    for call in (
+        lambda: keys.authenticate(issued.key),
+        lambda: keys.authenticate(generate_key()),
+        lambda: keys.create("p1", "after close"),
+        lambda: keys.list("p1"),
+        lambda: keys.get(issued.record.id),
+        lambda: keys.revoke(issued.record.id),
+    ):
+        with pytest.raises(StoreUnavailable, match="closed"):
+            call()
+    # What needs neither the store nor argon2 answers as before.
+    with pytest.raises(InvalidApiKeyFormat):
+        keys.authenticate("not a key")
+    with pytest.raises(ValueError, match="empty"):
+        keys.create("p1", " ")
+    assert worker_threads() - before == set()
+    assert memory_store.get(issued.record.id) == issued.record  # store left open
+
+
+def test_a_with_block_closes_the_manager(memory_store: InMemoryKeyStore) -> None:
+    before = worker_threads()
+    with KeyManager(memory_store, hasher=CountingHasher()) as keys:
+        issued = keys.create("p1", "n")
+        assert keys.authenticate(issued.key) == issued.record
+    assert worker_threads() - before == set()
+    with pytest.raises(StoreUnavailable):
+        keys.authenticate(issued.key)
+
+
+def test_close_drops_the_calls_waiting_for_a_thread(
+    memory_store: InMemoryKeyStore,
+) -> None:
+    """A verification waiting for the one argon2 thread is answered 503 by
+    close() at once; the one running ends in its own time."""
+
+    class PausingHasher(CountingHasher):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = threading.Event()
+            self.release = threading.Event()
+
+        def verify(self, hash: str | bytes, password: str | bytes) -> Any:
+            self.entered.set()
+            self.release.wait(10)
+            return super().verify(hash, password)
+
+    hasher = PausingHasher()
+    keys = KeyManager(
+        memory_store, hasher=hasher, max_verifications=1, store_timeout=0.5
+    )
+    running, waiting = keys.create("p1", "running"), keys.create("p1", "waiting")
+    outcomes: dict[str, Any] = {}
+
+    def request(name: str, key: str) -> None:
+        try:
+            outcomes[name] = keys.authenticate(key)
+        except Exception as exc:
+            outcomes[name] = exc
+
+    first = threading.Thread(target=request, args=("running", running.key))
+    first.start()
+    assert hasher.entered.wait(5)
+    second = threading.Thread(target=request, args=("waiting", waiting.key))
+    second.start()
+    time.sleep(0.1)  # queued behind the running verification
+    try:
+        keys.close()  # waits at most store_timeout for the running one
+        second.join(5)
+        assert isinstance(outcomes["waiting"], StoreUnavailable)
+        assert "running" not in outcomes
+    finally:
+        hasher.release.set()
+        first.join(5)
+    assert outcomes["running"] == running.record  # it began before close()
+    with pytest.raises(StoreUnavailable):
+        keys.authenticate(running.key)  # but is not served from the cache
+
+
+def test_idle_threads_end_by_themselves_and_come_back_when_needed(
+    memory_store: InMemoryKeyStore, short_idle: float
+) -> None:
+    before = worker_threads()
+    keys = KeyManager(memory_store, hasher=CountingHasher())
+    issued = keys.create("p1", "n")
+    assert keys.authenticate(issued.key) == issued.record
+    assert worker_threads() - before
+    wait_for_no_worker_threads(before, within=short_idle + 5)
+    other = keys.create("p1", "later")  # the threads start again
+    assert keys.authenticate(other.key) == other.record
+
+
+def test_a_thousand_managers_used_once_and_dropped_leave_no_thread(
+    memory_store: InMemoryKeyStore, short_idle: float
+) -> None:
+    before = worker_threads()
+    issued = KeyManager(memory_store, hasher=CountingHasher()).create("p1", "n")
+    hasher = CountingHasher()
+    for _ in range(1_000):
+        assert KeyManager(memory_store, hasher=hasher).authenticate(issued.key)
+    assert hasher.verifications == 1_000
+    wait_for_no_worker_threads(before, within=short_idle + 10)
+
+
+# -- the manager knows nothing of HTTP ------------------------------------------------
+
+
+def test_the_manager_and_its_helpers_import_nothing_of_http() -> None:
+    import ast
+    from pathlib import Path
+
+    import vemetric_auth
+
+    assert not hasattr(KeyManager, "authenticate_header")
+    package = Path(vemetric_auth.__file__).parent
+    domain = ["manager.py", "records.py", "keys.py", "errors.py", "hashing.py"]
+    domain += [
+        path.name
+        for path in package.glob("_*.py")
+        if path.name != "_http.py" and not path.name.startswith("__")
+    ]
+    for name in domain:
+        tree = ast.parse((package / name).read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        http = {"_http", "middleware", "flask", "werkzeug"}
+        assert not {m for m in imported if m.split(".")[-1] in http or m in http}, name

@@ -63,6 +63,11 @@ def assert_401(response: TestResponse, message: str) -> None:
     assert response.headers["WWW-Authenticate"] == CHALLENGES[message]
 
 
+PREFLIGHT_HEADERS = {
+    "Origin": "https://app.example",
+    "Access-Control-Request-Method": "GET",
+}
+
 KEY = "vem_" + "k" * 32  # stands for the issued key in the tables below
 
 HEADER_CASES = [
@@ -225,7 +230,8 @@ def test_store_failure_is_503_for_unknown_keys_too(
 def test_options_and_exempt_paths_pass_without_a_key(
     client: Client, downstream: Recorder, flaky_store: FlakyStore
 ) -> None:
-    assert client.options("/v1/project").status_code == 200
+    assert client.options("/v1/project", headers=PREFLIGHT_HEADERS).status_code == 200
+    assert_401(client.options("/v1/project"), MISSING)  # not a preflight
     assert client.get("/health").status_code == 200
     assert client.get("/health/").status_code == 401  # exact paths only
     assert len(downstream.calls) == 2
@@ -236,6 +242,7 @@ def test_options_and_exempt_paths_pass_without_a_key(
 def test_options_can_be_protected(flaky_keys: KeyManager, downstream: Recorder) -> None:
     client = Client(ApiKeyMiddleware(downstream, flaky_keys, allow_options=False))
     assert_401(client.options("/"), MISSING)
+    assert_401(client.options("/", headers=PREFLIGHT_HEADERS), MISSING)
 
 
 def test_realm_is_configurable_and_quoted(
@@ -459,3 +466,247 @@ def test_the_apps_own_status_and_headers_pass_through(
     assert response.headers["Content-Type"] == "text/x-tea"
     assert response.headers["X-Brew"] == "green"
     assert response.data == b"short and stout"
+
+
+# -- OPTIONS: only CORS preflights pass without a key, and never with a body -----------
+
+SECRET_BODY = b'{"project": {"id": "proj_1", "revenue": 1234567}}'
+
+
+def json_app(
+    environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes]:
+    """A bare WSGI JSON API that answers every method, OPTIONS included."""
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(SECRET_BODY))),
+            ("Access-Control-Allow-Origin", "https://app.example"),
+            ("Access-Control-Allow-Headers", "Authorization"),
+        ],
+    )
+    return [SECRET_BODY]
+
+
+def test_a_preflight_gets_the_apps_status_and_headers_never_its_body(
+    flaky_keys: KeyManager, flaky_store: FlakyStore
+) -> None:
+    client = Client(ApiKeyMiddleware(json_app, flaky_keys))
+    response = client.options("/v1/project", headers=PREFLIGHT_HEADERS)
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert response.headers["Access-Control-Allow-Headers"] == "Authorization"
+    assert response.headers["Content-Length"] == "0"
+    assert response.data == b""
+    assert flaky_store.calls == {}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-cors-headers"),
+        pytest.param({"Origin": "https://app.example"}, id="origin-only"),
+        pytest.param({"Access-Control-Request-Method": "GET"}, id="method-only"),
+    ],
+)
+def test_any_other_options_request_needs_a_key(
+    flaky_keys: KeyManager, issued: Any, headers: dict[str, str]
+) -> None:
+    client = Client(ApiKeyMiddleware(json_app, flaky_keys))
+    response = client.options("/v1/project", headers=headers)
+    assert_401(response, MISSING)
+    assert SECRET_BODY not in response.data
+    with_key = {"Authorization": "Bearer " + issued.key, **headers}
+    assert client.options("/v1/project", headers=with_key).data == SECRET_BODY
+
+
+def test_a_preflight_reads_no_more_of_the_body_and_closes_it(
+    flaky_keys: KeyManager,
+) -> None:
+    """An app that calls start_response on its body's first step (a generator)
+    is stepped once, then closed."""
+    produced: list[int] = []
+    closed: list[bool] = []
+
+    def app(
+        environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterator[bytes]:
+        try:
+            start_response("204 No Content", [("Allow", "GET, OPTIONS")])
+            produced.append(1)
+            yield b"first"
+            produced.append(2)
+            yield b"second"
+        finally:
+            closed.append(True)
+
+    client = Client(ApiKeyMiddleware(app, flaky_keys))
+    response = client.options("/", headers=PREFLIGHT_HEADERS)
+    assert response.status == "204 No Content"
+    assert response.headers["Allow"] == "GET, OPTIONS"
+    assert "Content-Length" not in response.headers  # RFC 9110 8.6
+    assert response.data == b""
+    assert produced == [1]
+    assert closed == [True]
+
+
+def test_a_preflight_closes_a_body_with_a_close_method(flaky_keys: KeyManager) -> None:
+    class Body:
+        closed = False
+
+        def __iter__(self) -> Iterator[bytes]:
+            raise AssertionError("the body of a preflight is never read")
+
+        def close(self) -> None:
+            Body.closed = True
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Body:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body()
+
+    response = Client(ApiKeyMiddleware(app, flaky_keys)).options(
+        "/", headers=PREFLIGHT_HEADERS
+    )
+    assert response.status_code == 200
+    assert response.data == b""
+    assert Body.closed
+
+
+def test_the_apps_exception_on_a_preflight_propagates(flaky_keys: KeyManager) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        raise LookupError("the app's own")
+
+    client = Client(ApiKeyMiddleware(app, flaky_keys))
+    with pytest.raises(LookupError, match="the app's own"):
+        client.options("/", headers=PREFLIGHT_HEADERS)
+
+
+def test_shared_data_middleware_serves_no_protected_file_on_options(
+    flaky_keys: KeyManager, issued: Any, tmp_path: Any
+) -> None:
+    from werkzeug.middleware.shared_data import SharedDataMiddleware
+
+    (tmp_path / "report.csv").write_bytes(b"customer,revenue\nacme,1234567\n")
+
+    def not_found(
+        environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        start_response("404 Not Found", [])
+        return [b""]
+
+    files = SharedDataMiddleware(not_found, {"/files": str(tmp_path)})
+    client = Client(ApiKeyMiddleware(files, flaky_keys))
+    for headers in ({}, {"Origin": "https://evil.example"}):
+        response = client.options("/files/report.csv", headers=headers)
+        assert_401(response, MISSING)
+        assert b"acme" not in response.data
+    response = client.options("/files/report.csv", headers=PREFLIGHT_HEADERS)
+    assert b"acme" not in response.data
+    assert response.headers["Content-Length"] == "0"
+    response.close()
+    response = client.get(
+        "/files/report.csv", headers={"Authorization": "Bearer " + issued.key}
+    )
+    assert b"acme" in response.data
+    response.close()
+
+
+# -- a header that is not a str -------------------------------------------------------
+
+
+def call_with_environ(app: Any, **entries: Any) -> tuple[str, dict[str, str], bytes]:
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(path="/v1/project").get_environ()
+    environ.update(entries)
+    seen: list[Any] = []
+
+    def start_response(status: str, headers: list[Any], exc_info: Any = None) -> Any:
+        seen.extend([status, dict(headers)])
+
+    body = b"".join(app(environ, start_response))
+    return seen[0], seen[1], body
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("bytes", id="bytes"),
+        pytest.param(12345, id="int"),
+        pytest.param(["Bearer"], id="list"),
+    ],
+)
+def test_a_non_str_authorization_in_the_environ_is_a_malformed_header(
+    flaky_keys: KeyManager,
+    flaky_store: FlakyStore,
+    downstream: Recorder,
+    issued: Any,
+    value: Any,
+) -> None:
+    """A buggy middleware upstream put something else than a str there: the
+    documented answer is case 2, never a 500."""
+    if value == "bytes":
+        value = ("Bearer " + issued.key).encode()  # a valid key, yet not read
+    calls_before = dict(flaky_store.calls)
+    app = ApiKeyMiddleware(downstream, flaky_keys)
+    status, headers, body = call_with_environ(app, HTTP_AUTHORIZATION=value)
+    assert status == "401 Unauthorized"
+    assert json.loads(body) == {"error": {"code": "UNAUTHORIZED", "message": MALFORMED}}
+    assert headers["WWW-Authenticate"] == CHALLENGES[MALFORMED]
+    assert downstream.calls == []
+    assert flaky_store.calls == calls_before
+
+
+@pytest.mark.parametrize("value", [b"Bearer x", 0, 1.5, object()])
+def test_bearer_token_answers_a_non_str_as_malformed(value: object) -> None:
+    from vemetric_auth import MalformedAuthorizationHeader
+    from vemetric_auth._http import bearer_token
+
+    with pytest.raises(MalformedAuthorizationHeader):
+        bearer_token(value)
+
+
+# -- the request gate -----------------------------------------------------------------
+
+
+def test_the_environ_keys_live_with_the_gate_and_the_middleware_re_exports_them() -> (
+    None
+):
+    from vemetric_auth import _http, middleware
+
+    for name, value in [
+        ("API_KEY_ENVIRON_KEY", "vemetric_auth.api_key"),
+        ("PROJECT_ID_ENVIRON_KEY", "vemetric_auth.project_id"),
+        ("PROJECT_ENVIRON_KEY", "vemetric_auth.project"),
+    ]:
+        assert getattr(_http, name) == value
+        assert getattr(middleware, name) is getattr(_http, name)
+        assert name in middleware.__all__
+
+
+def test_the_gate_returns_the_key_and_project_and_fills_the_environ(
+    flaky_keys: KeyManager, issued: Any
+) -> None:
+    from vemetric_auth import InvalidApiKey
+    from vemetric_auth._http import RequestGate
+
+    gate = RequestGate(
+        flaky_keys, realm="r", retry_after=1, exempt_paths=(), allow_options=True
+    )
+    environ = {"HTTP_AUTHORIZATION": "Bearer " + issued.key}
+    assert gate.authenticate(environ) == (issued.record, "proj_1")
+    assert environ["vemetric_auth.api_key"] == issued.record
+    assert environ["vemetric_auth.project_id"] == "proj_1"
+    assert "vemetric_auth.project" not in environ
+    environ = {"HTTP_AUTHORIZATION": "Bearer " + issued.key}
+    project = {"name": "Shop"}
+    assert gate.authenticate(environ, {"proj_1": project}.get) == (
+        issued.record,
+        project,
+    )
+    assert environ["vemetric_auth.project"] is project
+    environ = {"HTTP_AUTHORIZATION": "Bearer " + issued.key}
+    with pytest.raises(InvalidApiKey):
+        gate.authenticate(environ, {}.get)
+    assert set(environ) == {"HTTP_AUTHORIZATION"}  # left as it was

@@ -1,8 +1,10 @@
 """The HTTP contract, shared by the WSGI middleware and the Flask extension.
 
-Reading the ``Authorization`` header into a key, and turning an
-:class:`~vemetric_auth.AuthError` into its JSON response, happen here and
-nowhere else.
+Who passes without a key, reading the ``Authorization`` header into a key,
+and turning an :class:`~vemetric_auth.AuthError` into its JSON response
+happen here and nowhere else. A request walks straight down from here:
+:class:`RequestGate` → :meth:`KeyManager.authenticate
+<vemetric_auth.KeyManager.authenticate>` → its cache → the store and argon2.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Response
@@ -35,6 +37,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("vemetric_auth")
 
 __all__ = [
+    "API_KEY_ENVIRON_KEY",
+    "EXEMPT",
+    "PREFLIGHT",
+    "PROJECT_ENVIRON_KEY",
+    "PROJECT_ID_ENVIRON_KEY",
     "ErrorAnswer",
     "RequestGate",
     "bearer_token",
@@ -44,6 +51,18 @@ __all__ = [
     "validate_retry_after",
 ]
 
+#: The environ entry holding the request's :class:`~vemetric_auth.ApiKey`.
+API_KEY_ENVIRON_KEY = "vemetric_auth.api_key"
+#: The environ entry holding the request's project id (str).
+PROJECT_ID_ENVIRON_KEY = "vemetric_auth.project_id"
+#: The environ entry holding what ``project_loader`` returned, when one is given.
+PROJECT_ENVIRON_KEY = "vemetric_auth.project"
+
+#: :meth:`RequestGate.passage` of a request to an exempt path.
+EXEMPT: Final = "exempt"
+#: :meth:`RequestGate.passage` of a CORS preflight, when preflights may pass.
+PREFLIGHT: Final = "preflight"
+
 # RFC 9110 whitespace (SP and HTAB) around and inside the credentials.
 _OWS = " \t"
 _OWS_RUN = re.compile(r"[ \t]*").match
@@ -52,7 +71,7 @@ _REALM = re.compile(r"[\x20-\x7e]*")
 _CANONICAL = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] (vem_[a-z0-9]{32})").fullmatch
 
 
-def bearer_token(header: str | None) -> str:
+def bearer_token(header: object) -> str:
     """Return the API key an ``Authorization`` header value carries.
 
     Checks run in the order of the HTTP contract and stop at the first
@@ -60,16 +79,21 @@ def bearer_token(header: str | None) -> str:
     grow with the header's length, except over whitespace around the scheme
     and the token, which is skipped at C speed (about 2 ms for a megabyte).
 
+    *header* is the environ's ``HTTP_AUTHORIZATION``, a ``str`` from any
+    WSGI server. Anything else there (``bytes``, an ``int``: a middleware
+    upstream that wrote it wrongly) is not a header this can read, and is
+    answered as a malformed one, never with an error of its own.
+
     werkzeug's ``Authorization.from_header`` is not used here: it copies the
     rest of the header, parses ``=`` as parameters and does not trim leading
     whitespace, which would give other answers than the contract's.
 
     :raises MissingApiKey: no header, or only spaces and tabs.
     :raises MalformedAuthorizationHeader: the scheme is not ``Bearer``
-        (any case), or nothing follows it.
+        (any case), nothing follows it, or *header* is not a ``str``.
     :raises InvalidApiKeyFormat: the token is not of the key format.
     """
-    if header is not None:
+    if type(header) is str:
         # The usual header, "Bearer <key>", in one C call of bounded cost.
         match = _CANONICAL(header)
         if match is not None:
@@ -77,10 +101,12 @@ def bearer_token(header: str | None) -> str:
     return _parse(header)
 
 
-def _parse(header: str | None) -> str:
+def _parse(header: object) -> str:
     """:func:`bearer_token` for any header: padded, odd or wrong."""
     if header is None:
         raise MissingApiKey()
+    if not isinstance(header, str):
+        raise MalformedAuthorizationHeader()
     # Look at whitespace only where there is some, so that a long header
     # without padding costs no more than a short one.
     # (_OWS_RUN matches everywhere, if only the empty string.)
@@ -144,12 +170,12 @@ def validate_paths(paths: Iterable[str]) -> frozenset[str]:
 
 
 class RequestGate:
-    """The HTTP contract of one integration: who passes without a key, and the
-    answers to those who may not pass.
+    """The HTTP contract of one integration: who passes without a key, the
+    credential check of those who may not, and the answers to their failures.
 
     :class:`~vemetric_auth.ApiKeyMiddleware` and the Flask extension each keep
-    one; the credential check itself is
-    :meth:`~vemetric_auth.KeyManager.authenticate_header`.
+    one, and ask it the same two questions: :meth:`passage`, then
+    :meth:`authenticate`.
     """
 
     __slots__ = (
@@ -177,33 +203,68 @@ class RequestGate:
         self.allow_options = bool(allow_options)
         self._answers = error_answers(realm=self.realm, retry_after=self.retry_after)
 
-    def passes_without_key(self, environ: WSGIEnvironment) -> bool:
-        """Whether the request is ``OPTIONS`` (when allowed) or to an exempt path.
+    def passage(self, environ: WSGIEnvironment) -> str | None:
+        """Say how a request passes without a key, if it does.
 
-        Paths are matched exactly against ``PATH_INFO``.
+        :return: :data:`EXEMPT` for a request to an exempt path (matched
+            exactly against ``PATH_INFO``), which reaches the application as
+            it is; :data:`PREFLIGHT` for a CORS preflight (``OPTIONS`` with
+            both ``Origin`` and ``Access-Control-Request-Method``) when
+            preflights may pass, whose answer must not carry the
+            application's body; ``None`` for every other request, which
+            needs a key, ``OPTIONS`` included.
         """
-        return (self.allow_options and environ.get("REQUEST_METHOD") == "OPTIONS") or (
-            bool(self.exempt_paths)
-            and environ.get("PATH_INFO", "") in self.exempt_paths
+        if self.exempt_paths and environ.get("PATH_INFO", "") in self.exempt_paths:
+            return EXEMPT
+        if (
+            environ.get("REQUEST_METHOD") == "OPTIONS"
+            and self.allow_options
+            and "HTTP_ORIGIN" in environ
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+        ):
+            return PREFLIGHT
+        return None
+
+    def authenticate(
+        self,
+        environ: WSGIEnvironment,
+        project_loader: Callable[[str], object] | None = None,
+    ) -> tuple[ApiKey, object]:
+        """Check the key of a request; return its record and its project.
+
+        The request's ``Authorization`` header is read here (see
+        :func:`bearer_token`), the key checked by the :class:`KeyManager`, and
+        the project is ``project_loader(record.project_id)``, or the project
+        id without a loader. On success the environ gets the entries
+        :data:`API_KEY_ENVIRON_KEY` and :data:`PROJECT_ID_ENVIRON_KEY`, and
+        :data:`PROJECT_ENVIRON_KEY` with a loader; on failure it is left as
+        it was.
+
+        :raises AuthError: the request may not pass; :meth:`answer` it.
+            ``None`` from the loader (the project no longer exists) refuses
+            the key like a revoked one (:class:`InvalidApiKey`). What else the
+            loader raises propagates.
+        """
+        # bearer_token checked the key's format: the manager need not again.
+        record = self.keys._authenticate_token(
+            bearer_token(environ.get("HTTP_AUTHORIZATION"))
         )
-
-    @staticmethod
-    def load_project(record: ApiKey, loader: Callable[[str], object]) -> object:
-        """Return ``loader(record.project_id)``, the key's project.
-
-        :raises InvalidApiKey: the loader returned ``None``: the project no
-            longer exists, so the key is refused like a revoked one.
-        """
-        project = loader(record.project_id)
-        if project is None:
-            logger.info(
-                "rejected key %s (%s): project %s not found",
-                record.id,
-                record.prefix,
-                record.project_id,
-            )
-            raise InvalidApiKey()
-        return project
+        if project_loader is None:
+            project: object = record.project_id
+        else:
+            project = project_loader(record.project_id)
+            if project is None:
+                logger.info(
+                    "rejected key %s (%s): project %s not found",
+                    record.id,
+                    record.prefix,
+                    record.project_id,
+                )
+                raise InvalidApiKey()
+            environ[PROJECT_ENVIRON_KEY] = project
+        environ[API_KEY_ENVIRON_KEY] = record
+        environ[PROJECT_ID_ENVIRON_KEY] = record.project_id
+        return record, project
 
     def answer(self, error: AuthError) -> ErrorAnswer:
         """Return the answer to *error*, built once for the contract's errors."""

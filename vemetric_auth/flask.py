@@ -23,8 +23,8 @@
         return {"ok": True}
 
 The credential check is the one of :class:`~vemetric_auth.ApiKeyMiddleware`
-(:meth:`~vemetric_auth.KeyManager.authenticate_header`), and its errors are
-the same responses, made by the same function.
+(the same request gate), and its errors are the same responses, made by the
+same function.
 """
 
 from __future__ import annotations
@@ -47,11 +47,17 @@ except ModuleNotFoundError as error:
         f"vemetric_auth.flask needs Flask: {install_hint('flask')}", name=error.name
     ) from None
 
-from ._http import RequestGate, validate_paths, validate_realm, validate_retry_after
+from ._http import (
+    EXEMPT,
+    PREFLIGHT,
+    RequestGate,
+    validate_paths,
+    validate_realm,
+    validate_retry_after,
+)
 from .cli import COMMANDS, DEFAULT_DATABASE_URL, CommandGroup, KeysOpener
 from .errors import AuthError
 from .manager import KeyManager
-from .middleware import API_KEY_ENVIRON_KEY, PROJECT_ID_ENVIRON_KEY
 from .stores.base import DEFAULT_TABLE_NAME
 
 __all__ = ["VemetricAuth"]
@@ -74,9 +80,15 @@ class VemetricAuth:
     Once registered, every request needs a valid, active key, including
     requests that match no route (they get their ``404`` or ``405`` only
     with a key). Exceptions:
-    ``OPTIONS`` requests (CORS preflight, unless ``VEMETRIC_AUTH_ALLOW_OPTIONS``
-    is false), views marked :meth:`exempt`, and the paths and endpoints listed
-    in ``VEMETRIC_AUTH_EXEMPT_PATHS`` and ``VEMETRIC_AUTH_EXEMPT_ENDPOINTS``.
+    views marked :meth:`exempt`, the paths and endpoints listed in
+    ``VEMETRIC_AUTH_EXEMPT_PATHS`` and ``VEMETRIC_AUTH_EXEMPT_ENDPOINTS``, and
+    CORS preflights (``OPTIONS`` with both ``Origin`` and
+    ``Access-Control-Request-Method``) unless ``VEMETRIC_AUTH_ALLOW_OPTIONS``
+    is false. A preflight gets Flask's automatic ``OPTIONS`` answer; to a
+    route whose view handles ``OPTIONS`` itself it gets
+    ``app.make_default_options_response()`` instead, and the view never
+    runs. Either passes through the ``after_request`` functions, where a CORS
+    extension adds its headers. Any other ``OPTIONS`` request needs a key.
 
     A request let through finds ``g.api_key`` (the
     :class:`~vemetric_auth.ApiKey`), ``g.project_id`` (str) and ``g.project``
@@ -88,7 +100,9 @@ class VemetricAuth:
     Refused requests get the responses of the HTTP contract: ``401`` with the
     JSON body and ``WWW-Authenticate`` challenge, or ``503`` with
     ``Retry-After`` when the key store fails. They pass through the app's
-    ``after_request`` functions like any response.
+    ``after_request`` functions like any response. A non-``str``
+    ``HTTP_AUTHORIZATION`` in the environ is answered as a malformed header
+    (``401``, case 2), as by the middleware.
 
     :param app: The app to register on now; or call :meth:`init_app` later,
         once per app.
@@ -109,8 +123,8 @@ class VemetricAuth:
       ``"vemetric"``.
     - ``VEMETRIC_AUTH_RETRY_AFTER``: ``Retry-After`` seconds of a ``503``;
       ``5``.
-    - ``VEMETRIC_AUTH_ALLOW_OPTIONS``: ``OPTIONS`` requests pass without a
-      key; ``True``.
+    - ``VEMETRIC_AUTH_ALLOW_OPTIONS``: CORS preflights pass without a key;
+      ``True``.
     - ``VEMETRIC_AUTH_EXEMPT_PATHS``: paths served without a key, matched
       exactly against ``PATH_INFO`` as the middleware does; ``()``.
     - ``VEMETRIC_AUTH_EXEMPT_ENDPOINTS``: endpoints served without a key,
@@ -314,22 +328,24 @@ class _AppState:
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
         environ = req.environ
         gate = self.gate
-        if gate.passes_without_key(environ) or self._exempt_view(req):
+        passage = gate.passage(environ)
+        if passage is EXEMPT or self._exempt_view(req):
             return None
-        loader = self.extension._project_loader
+        if passage is PREFLIGHT:
+            rule = req.url_rule
+            if rule is not None and not getattr(
+                rule, "provide_automatic_options", False
+            ):
+                # The view handles OPTIONS itself: it must not run without a
+                # key. Flask's own answer, which it gives every other route.
+                return current_app.make_default_options_response()
+            return None
         try:
-            record = self.keys.authenticate_header(environ.get("HTTP_AUTHORIZATION"))
-            project = (
-                record.project_id
-                if loader is None
-                else gate.load_project(record, loader)
-            )
+            record, project = gate.authenticate(environ, self.extension._project_loader)
         except AuthError as error:
             # A new response each time: the app's after_request functions
             # may add headers to it.
             return gate.answer(error).response()
-        environ[API_KEY_ENVIRON_KEY] = record
-        environ[PROJECT_ID_ENVIRON_KEY] = record.project_id
         request_globals = g._get_current_object()
         request_globals.api_key = record
         request_globals.project_id = record.project_id

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-from ._http import RequestGate
+from ._http import (
+    API_KEY_ENVIRON_KEY,
+    PREFLIGHT,
+    PROJECT_ENVIRON_KEY,
+    PROJECT_ID_ENVIRON_KEY,
+    RequestGate,
+)
 from .errors import AuthError
 from .manager import KeyManager
 
@@ -19,13 +26,6 @@ __all__ = [
     "ApiKeyMiddleware",
 ]
 
-#: The environ entry holding the request's :class:`~vemetric_auth.ApiKey`.
-API_KEY_ENVIRON_KEY = "vemetric_auth.api_key"
-#: The environ entry holding the request's project id (str).
-PROJECT_ID_ENVIRON_KEY = "vemetric_auth.project_id"
-#: The environ entry holding what ``project_loader`` returned, when one is given.
-PROJECT_ENVIRON_KEY = "vemetric_auth.project"
-
 
 class ApiKeyMiddleware:
     """Require ``Authorization: Bearer <key>`` on every request to a WSGI app.
@@ -35,15 +35,24 @@ class ApiKeyMiddleware:
     :class:`~vemetric_auth.ApiKey`) and ``vemetric_auth.project_id``. Any other
     request is answered here: ``401`` with the JSON body and
     ``WWW-Authenticate`` challenge of the HTTP contract, or ``503`` with
-    ``Retry-After`` when the key store fails.
+    ``Retry-After`` when the key store fails (or the manager is closed).
+
+    An ``HTTP_AUTHORIZATION`` environ entry that is not a ``str`` (``bytes``
+    or an ``int`` put there by a faulty middleware upstream) is not read: it
+    is answered as a malformed header, ``401`` case 2, never as an error.
 
     :param app: The WSGI application to wrap.
     :param keys: The :class:`~vemetric_auth.KeyManager` that checks keys.
     :param realm: The realm named in ``WWW-Authenticate``.
     :param exempt_paths: Paths (``PATH_INFO``, matched exactly) served without
         a key, such as a health check.
-    :param allow_options: Let ``OPTIONS`` requests (CORS preflight) through
-        without a key.
+    :param allow_options: Let CORS preflights through without a key: an
+        ``OPTIONS`` request with both ``Origin`` and
+        ``Access-Control-Request-Method``. The application is called so that
+        it can answer the preflight's CORS headers, but only its status and
+        headers go back (``Content-Length`` set to ``0``), never its body. Any
+        other ``OPTIONS`` request needs a key, as do preflights when this is
+        ``False``.
     :param retry_after: Seconds sent in ``Retry-After`` with a ``503``.
     :param project_loader: Called with the key's project id once the key is
         verified; its result goes in the environ entry
@@ -90,16 +99,64 @@ class ApiKeyMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         gate = self.gate
-        if gate.passes_without_key(environ):
-            return self.app(environ, start_response)
-        try:
-            record = self.keys.authenticate_header(environ.get("HTTP_AUTHORIZATION"))
-            if self.project_loader is not None:
-                environ[PROJECT_ENVIRON_KEY] = gate.load_project(
-                    record, self.project_loader
-                )
-        except AuthError as error:
-            return gate.answer(error)(environ, start_response)
-        environ[API_KEY_ENVIRON_KEY] = record
-        environ[PROJECT_ID_ENVIRON_KEY] = record.project_id
+        passage = gate.passage(environ)
+        if passage is None:
+            try:
+                gate.authenticate(environ, self.project_loader)
+            except AuthError as error:
+                return gate.answer(error)(environ, start_response)
+        elif passage is PREFLIGHT:
+            return _headers_only(self.app, environ, start_response)
         return self.app(environ, start_response)
+
+
+def _headers_only(
+    app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse
+) -> Iterable[bytes]:
+    """Answer *app*'s status and headers to a request, never its body.
+
+    The body is not read beyond the first step an application may need to
+    call ``start_response`` (a generator), and is closed. ``Content-Length``
+    becomes ``0`` (or goes, on a ``204``): nothing follows the headers.
+
+    :raises RuntimeError: *app* never called ``start_response``.
+    """
+    started: list[Any] = []
+
+    def capture(
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: tuple[type[BaseException], BaseException, TracebackType]
+        | tuple[None, None, None]
+        | None = None,
+    ) -> Callable[[bytes], object]:
+        # A later call (with exc_info, after an error) replaces an earlier
+        # one: nothing was sent yet.
+        started[:] = (status, headers)
+        return _discard
+
+    body = app(environ, capture)
+    try:
+        if not started:
+            for _ in body:
+                break
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    if not started:
+        raise RuntimeError("the application did not call start_response")
+    status, headers = started
+    headers = [
+        (name, value) for name, value in headers if name.lower() != "content-length"
+    ]
+    # RFC 9110 8.6: no Content-Length on a 1xx or 204 answer (nor on a 304,
+    # where it would describe another response's body).
+    if not status.startswith(("1", "204", "304")):
+        headers.append(("Content-Length", "0"))
+    start_response(status, headers)
+    return []
+
+
+def _discard(data: bytes) -> None:
+    """The ``write`` callable of an answer whose body is not sent."""

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import unicodedata
 from datetime import datetime
 from typing import Any
+
+from .keys import holds_key
 
 __all__ = ["MAX_ID_LENGTH", "MAX_NAME_LENGTH", "ApiKey", "IssuedKey"]
 
@@ -12,6 +16,9 @@ __all__ = ["MAX_ID_LENGTH", "MAX_NAME_LENGTH", "ApiKey", "IssuedKey"]
 MAX_NAME_LENGTH = 100
 #: Longest ``project_id``, ``created_by`` or ``revoked_by``, in characters.
 MAX_ID_LENGTH = 255
+
+# The first 12 characters of a key: a key, or its display prefix, given as an id.
+_KEY_START = re.compile(r"vem_[a-z0-9]{8}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,3 +81,73 @@ class IssuedKey:
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
+
+
+# -- checks of the fields a caller gives ------------------------------------------
+#
+# KeyManager runs them before any store call, so that bad input is a ValueError
+# (or TypeError) with a clear message, never a store error or a half-written key.
+
+
+def _check_id(value: object, what: str) -> str:
+    """Return *value* if it can be a ``project_id``, ``created_by`` or ``revoked_by``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str")
+    if not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{what} must be at most {MAX_ID_LENGTH} characters")
+    _check_text(value, what)
+    if holds_key(value):
+        raise ValueError(f"{what} must not contain an API key")
+    return value
+
+
+def _check_key_id(value: object) -> str:
+    """Return *value* if it can be the id of a key record."""
+    if not isinstance(value, str):
+        raise TypeError("key_id must be a str")
+    _check_text(value, "key_id")
+    # A display prefix given as an id is refused as well: ids never start so.
+    if _KEY_START.search(value) or holds_key(value):
+        raise ValueError(
+            "that is an API key, not a key id: give the id that list shows"
+        )
+    return value
+
+
+def _check_name(value: object) -> str:
+    """Return *value* trimmed if it can be the ``name`` of a key."""
+    if not isinstance(value, str):
+        raise TypeError("name must be a str")
+    name = value.strip()
+    if not name:
+        raise ValueError("name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"name must be at most {MAX_NAME_LENGTH} characters, got {len(name)}"
+        )
+    _check_text(name, "name")
+    if holds_key(name):
+        raise ValueError("name must not contain an API key")
+    return name
+
+
+def _check_actor(value: object, what: str) -> str:
+    """Return *value* if it can say who created or revoked a key."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str or None")
+    return _check_id(value, what)
+
+
+def _check_text(value: str, what: str) -> None:
+    # A lone surrogate (from a non-UTF-8 command line argument, say) can not
+    # be encoded for any database; a NUL ends a C string in some drivers.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{what} must be valid Unicode text: it holds a lone surrogate"
+        ) from None
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError(f"{what} must not contain control characters")

@@ -6,6 +6,7 @@ import dataclasses
 import threading
 from datetime import datetime
 
+from .._fork import reset_in_child
 from ..errors import DuplicatePrefix
 from ..records import ApiKey
 
@@ -16,7 +17,9 @@ class InMemoryKeyStore:
     """Keeps key records in process memory; everything is lost when it ends.
 
     Thread-safe: every method runs under one :class:`threading.Lock`, so it can
-    serve a threaded WSGI server. It is not shared between processes.
+    serve a threaded WSGI server. It is not shared between processes: a child
+    made by ``os.fork()`` starts with a copy of the keys, and a lock of its
+    own, free even if another thread of the parent held it at the fork.
     """
 
     def __init__(self) -> None:
@@ -24,6 +27,11 @@ class InMemoryKeyStore:
         self._records: dict[str, ApiKey] = {}
         self._hashes: dict[str, str] = {}
         self._ids_by_prefix: dict[str, str] = {}
+        reset_in_child(self)
+
+    def _after_fork(self) -> None:
+        # The thread that held the lock at the fork is not in the child.
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<InMemoryKeyStore keys={len(self._records)}>"

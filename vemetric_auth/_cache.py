@@ -1,0 +1,88 @@
+"""The keys this process verified lately, so that argon2 runs once per key."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from ._fork import reset_in_child
+from .records import ApiKey
+
+__all__ = ["VerifiedKeys"]
+
+
+class VerifiedKeys:
+    """Keys verified by this process: digest -> (record, monotonic deadline).
+
+    An LRU of bounded size, protected by a :class:`threading.Lock`. Indexed by
+    the key's SHA-256 digest, never the key; looking a digest up reveals
+    nothing of a key through timing, since the digest of a guess can not be
+    steered towards a stored one.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, tuple[ApiKey, float]] = OrderedDict()
+        self._digests: dict[str, bytes] = {}
+        #: Bumped by every :meth:`forget` and :meth:`close`; a put that started
+        #: before one is dropped, so a revocation can not be undone by a
+        #: verification that read the record before it.
+        self.generation = 0
+        self._closed = False
+        reset_in_child(self)
+
+    def _after_fork(self) -> None:
+        # Another thread of the parent may have held the lock, or been half
+        # way through an update: the child starts empty.
+        self._lock = threading.Lock()
+        self._entries = OrderedDict()
+        self._digests = {}
+        self.generation += 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, digest: bytes) -> tuple[ApiKey, float] | None:
+        """Return the record and freshness deadline of *digest*, or ``None``."""
+        # Read without the lock: each OrderedDict operation is atomic under
+        # the GIL, and this is the per-request path. Writers hold the lock.
+        entry = self._entries.get(digest)
+        if entry is not None:
+            # (try/except rather than contextlib.suppress: cheaper per request)
+            try:  # noqa: SIM105
+                self._entries.move_to_end(digest)
+            except KeyError:  # evicted by another thread in between
+                pass
+        return entry
+
+    def put(
+        self, digest: bytes, record: ApiKey, fresh_until: float, generation: int
+    ) -> None:
+        """Remember *record* until *fresh_until*, unless :attr:`generation`
+        moved on since the caller read it."""
+        with self._lock:
+            if generation != self.generation or self._closed:
+                return
+            self._entries[digest] = (record, fresh_until)
+            self._entries.move_to_end(digest)
+            self._digests[record.id] = digest
+            while len(self._entries) > self.size:
+                _, (old, _) = self._entries.popitem(last=False)
+                self._digests.pop(old.id, None)
+
+    def forget(self, key_id: str) -> None:
+        """Drop the entry of *key_id*, if any, and any put under way."""
+        with self._lock:
+            self.generation += 1
+            digest = self._digests.pop(key_id, None)
+            if digest is not None:
+                self._entries.pop(digest, None)
+
+    def close(self) -> None:
+        """Drop every entry, and keep none from now on."""
+        with self._lock:
+            self._closed = True
+            self.generation += 1
+            self._entries.clear()
+            self._digests.clear()
