@@ -139,10 +139,11 @@ _new_decision = tuple.__new__
 class _Limit:
     """One parsed limit: the ``limits`` item and what the fixed window needs."""
 
-    __slots__ = ("amount", "item", "period", "prefix", "text")
+    __slots__ = ("amount", "by", "item", "period", "prefix", "text")
 
     def __init__(self, item: RateLimitItem, by: str, text: str) -> None:
         self.item = item
+        self.by = by
         self.text = text
         self.amount: int = item.amount
         self.period: int = item.get_expiry()
@@ -265,8 +266,8 @@ def _incr(storage: Any, key: str, expiry: int) -> int:
 
 def _limits_hit(strategy: Any, limit: _Limit, ident: str) -> tuple[bool, int, float]:
     # limits' own strategies: hit, then a second call for the headers.
-    allowed: bool = strategy.hit(limit.item, _KEY_NAMESPACE, ident)
-    stats = strategy.get_window_stats(limit.item, _KEY_NAMESPACE, ident)
+    allowed: bool = strategy.hit(limit.item, _KEY_NAMESPACE, limit.by, ident)
+    stats = strategy.get_window_stats(limit.item, _KEY_NAMESPACE, limit.by, ident)
     return allowed, max(0, int(stats.remaining)), float(stats.reset_time)
 
 
@@ -290,10 +291,12 @@ class RateLimiter:
         never logged nor shown in ``repr``.
     :param storage_options: Keyword arguments for the storage's client, on
         top of the defaults: every Redis-family storage gets
-        ``socket_timeout`` and ``socket_connect_timeout`` of 0.2 s (memcached
-        and MongoDB their equivalents), so that a frozen server never holds a
-        request for long. Options given here, or in a ``redis://`` URI's
-        query string, win.
+        ``socket_timeout`` and ``socket_connect_timeout`` of 0.2 s and no
+        retries (memcached and MongoDB their own timeouts), so that a frozen
+        server never holds a request for long. Options given here, or in a
+        ``redis://`` URI's query string, win. Most clients check their
+        options only when they first connect: one they refuse shows as a
+        storage outage (a WARNING naming the error) at the first request.
     :param by: ``"project"`` (Vemetric's) counts the requests of all keys of
         a project together; ``"key"`` counts each key on its own.
     :param strategy: ``"fixed-window"`` (Vemetric's): windows aligned to the
