@@ -19,9 +19,6 @@ class InMemoryKeyStore:
 
     Thread-safe: every method runs under one :class:`threading.Lock`, so it can
     serve a threaded WSGI server. It is not shared between processes.
-    Implements :class:`~vemetric_auth.stores.base.KeyStore` and the optional
-    :class:`~vemetric_auth.stores.base.RollingKeyStore` and
-    :class:`~vemetric_auth.stores.base.UsageRecordingKeyStore`.
     """
 
     def __init__(self) -> None:
