@@ -101,11 +101,7 @@ class IssuedKey:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.utcoffset() is not None:
-        moment = moment.astimezone(timezone.utc)
-    return moment.isoformat()
+    return None if moment is None else moment.isoformat()
 
 
 # -- checks of the fields a caller gives ------------------------------------------

@@ -110,7 +110,8 @@ class RollingKeyStore(Protocol):
     pending creation need it; a store without it works for everything else.
     Both methods may be called from many threads and processes at once; a
     datetime they are given is timezone-aware (a store may refuse a naive one
-    with :exc:`ValueError`, changing nothing).
+    with :exc:`ValueError`, changing nothing). The contract suite calls this
+    capability ``"roll"``.
     """
 
     def set_expiry(self, key_id: str, expires_at: datetime | None) -> ApiKey | None:
@@ -165,6 +166,7 @@ class UsageRecordingKeyStore(Protocol):
     """A store that records when keys were last used.
 
     Optional: without it, :attr:`ApiKey.last_used_at` is simply not recorded.
+    The contract suite calls this capability ``"record_use"``.
     """
 
     def record_use(self, stamps: Mapping[str, datetime]) -> None:
@@ -179,6 +181,8 @@ class UsageRecordingKeyStore(Protocol):
 
         Called by a background thread with a batch of up to many thousands
         of stamps, about once a minute: keep it a few statements per batch
-        (the SQL store uses one per few thousand keys), not one per key.
+        (the SQL store sends one per 10,000 keys), not one per key. If it
+        raises, nothing should have changed: the caller may send the batch
+        again.
         """
         ...

@@ -22,9 +22,6 @@ class InMemoryKeyStore:
     serve a threaded WSGI server. It is not shared between processes: a child
     made by ``os.fork()`` starts with a copy of the keys, and a lock of its
     own, free even if another thread of the parent held it at the fork.
-    Implements :class:`~vemetric_auth.stores.base.KeyStore` and the optional
-    :class:`~vemetric_auth.stores.base.RollingKeyStore` and
-    :class:`~vemetric_auth.stores.base.UsageRecordingKeyStore`.
     """
 
     def __init__(self) -> None:
