@@ -908,3 +908,153 @@ def test_flask_vemetric_auth_rolls_too(tmp_path: Path) -> None:
         assert "EXPIRES" in listed.stdout
     finally:
         app.extensions["vemetric_auth"].keys.store.close()
+
+
+# -- nothing active that nobody saw: interrupted create and roll -------------------
+
+SLOW_SCRIPT = Path(__file__).parent / "cli_slow_store.py"
+
+
+def start_slow(
+    database: Path, mark: Path, args: list[str], **env: str
+) -> subprocess.Popen[str]:
+    """Run the commands on a store whose writes named in SLOW are slow."""
+    return subprocess.Popen(
+        [sys.executable, str(SLOW_SCRIPT), str(database), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(SLOW_MARK=str(mark), **env),
+    )
+
+
+def wait_for(path: Path, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.02)
+
+
+def existing_key(database: Path) -> tuple[str, ApiKey]:
+    keys = KeyManager(SQLKeyStore(f"sqlite:///{database}"))
+    try:
+        issued = keys.create("p", "Prod")
+    finally:
+        keys.close()
+        keys.store.close()  # type: ignore[attr-defined]
+    return issued.key, issued.record
+
+
+def assert_no_active_key_unseen(
+    database: Path, shown: str, old: ApiKey | None = None
+) -> list[ApiKey]:
+    """Every active key of the store was written out (or is the old key, as
+    it was, or as the roll left it once the new key was written out)."""
+    printed = KEY_PATTERN.findall(shown)
+    records = stored(database, "p")
+    new = [record for record in records if old is None or record.id != old.id]
+    for record in new:
+        if record.active:
+            assert any(key.startswith(record.prefix[:-3]) for key in printed), record
+    if old is not None:
+        (now,) = [record for record in records if record.id == old.id]
+        if not printed:
+            assert now == old  # the roll changed nothing
+    return new
+
+
+COMMANDS_TO_INTERRUPT = [
+    pytest.param("create", "add", id="create-slow-add"),
+    pytest.param("create", "set_expiry", id="create-slow-activation"),
+    pytest.param("roll", "add", id="roll-slow-add"),
+    pytest.param("roll", "roll", id="roll-slow-roll"),
+]
+
+
+def command_args(command: str, old: ApiKey) -> list[str]:
+    if command == "create":
+        return ["create", "--project", "p", "--name", "n"]
+    return ["roll", old.id, "--overlap", "0"]
+
+
+@pytest.mark.parametrize("signal", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(("command", "slow"), COMMANDS_TO_INTERRUPT)
+def test_a_signal_during_a_slow_write_leaves_no_active_key_unseen(
+    tmp_path: Path, command: str, slow: str, signal: str
+) -> None:
+    import signal as signals
+
+    database, mark = tmp_path / "keys.db", tmp_path / "mark"
+    _, old = existing_key(database)
+    process = start_slow(database, mark, command_args(command, old), SLOW=slow)
+    try:
+        wait_for(mark)
+        process.send_signal(getattr(signals, signal))
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert "Traceback" not in stderr
+    new = assert_no_active_key_unseen(database, stdout, old)
+    if slow == "add":
+        # Interrupted before the key was shown: stored, if at all, inactive.
+        assert KEY_PATTERN.findall(stdout) == []
+        assert all(not record.active for record in new)
+
+
+@pytest.mark.parametrize(("command", "slow"), COMMANDS_TO_INTERRUPT)
+def test_a_store_answering_after_the_timeout_leaves_no_active_key_unseen(
+    tmp_path: Path, command: str, slow: str
+) -> None:
+    database, mark = tmp_path / "keys.db", tmp_path / "mark"
+    _, old = existing_key(database)
+    process = start_slow(
+        database,
+        mark,
+        command_args(command, old),
+        SLOW=slow,
+        SLOW_SECONDS="2",
+        STORE_TIMEOUT="0.5",
+    )
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.startswith("Error: ")
+    assert stderr.count("\n") == 1
+    new = assert_no_active_key_unseen(database, stdout, old)
+    if slow == "add":
+        assert "the key store failed" in stderr
+        assert stdout == ""
+    else:
+        # Shown, then the activation landed without a timely answer: the
+        # new key works (and the old one is revoked, --overlap 0).
+        assert "could not confirm that the new key" in stderr
+        (record,) = new
+        (key,) = KEY_PATTERN.findall(stdout)
+        assert key.startswith(record.prefix[:-3])
+        assert record.active
+        if command == "roll":
+            assert stored(database, "p")[-1].revoked
+
+
+@pytest.mark.parametrize("command", ["create", "roll"])
+def test_a_closed_stdout_pipe_leaves_no_active_key(
+    tmp_path: Path, command: str
+) -> None:
+    database, mark = tmp_path / "keys.db", tmp_path / "mark"
+    _, old = existing_key(database)
+    # The reader goes away while the new key is being stored.
+    process = start_slow(
+        database, mark, command_args(command, old), SLOW="add", SLOW_SECONDS="1"
+    )
+    with process:
+        wait_for(mark)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()
+        stderr = process.stderr.read()
+        assert process.wait(timeout=60) == 1
+    assert stderr.startswith("Error: could not write the new key")
+    assert stderr.count("\n") == 1
+    (record,) = assert_no_active_key_unseen(database, "", old)
+    assert record.revoked
+    assert stored(database, "p")[-1] == old

@@ -669,22 +669,46 @@ def test_activating_what_is_not_pending_is_a_value_error(manager: KeyManager) ->
         manager.activate(issued.key)
 
 
-def test_an_activation_that_lands_after_its_timeout_is_undone(
-    hasher: CountingHasher,
+@pytest.mark.parametrize("command", ["create", "roll"])
+def test_a_shown_key_whose_activation_lands_late_is_left_to_work(
+    hasher: CountingHasher, command: str
 ) -> None:
+    """activate() after the key was shown: revoking the new key of a roll
+    that did land would leave no key working. Both changes land, or none."""
     store = LateRollStore()
     keys = KeyManager(store, hasher=hasher, store_timeout=0.2)
-    issued = keys.create("p1", "n", pending=True)
-    store.revoke_fails = True
+    store.release.set()
+    old = keys.create("p1", "old")
+    store.release.clear()
+    if command == "create":
+        issued = keys.create("p1", "n", pending=True)
+    else:
+        issued = keys.roll(old.record.id, overlap=timedelta(0), pending=True)
     with pytest.raises(StoreUnavailable):
         keys.activate(issued)
-    store.revoke_fails = False
+    assert not store.get(issued.record.id).revoked  # type: ignore[union-attr]
     store.release.set()
     wait_until(store.landed.is_set)
-    wait_until(lambda: store.get(issued.record.id).revoked)  # type: ignore[union-attr]
-    with pytest.raises(InvalidApiKey):
-        keys.authenticate(issued.key)
+    assert keys.authenticate(issued.key).id == issued.record.id
+    if command == "roll":
+        assert store.get(old.record.id).revoked  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="not pending"):
+        keys.activate(issued)
     keys.close()
+
+
+def test_a_shown_key_whose_activation_is_refused_never_works(
+    hasher: CountingHasher,
+) -> None:
+    store = FailingRollStore()
+    keys = KeyManager(store, hasher=hasher)
+    old = keys.create("p1", "n")
+    issued = keys.roll(old.record.id, pending=True)
+    store.error = ValueError("the key to roll is revoked")
+    with pytest.raises(ValueError, match="revoked"):
+        keys.activate(issued)
+    assert store.get(issued.record.id).revoked  # type: ignore[union-attr]
+    assert store.get(old.record.id) == old.record
 
 
 # -- last use --------------------------------------------------------------------------

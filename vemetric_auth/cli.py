@@ -516,9 +516,10 @@ def _show_new_key(
     try:
         keys.activate(issued)
     except StoreUnavailable as error:
+        # It was shown: whether it works is for the store to say.
         raise _Failure(
-            f"the new key {record.id} was not activated and never works "
-            f"({_store_failure(error)})"
+            f"could not confirm that the new key {record.id} was activated "
+            f"({_store_failure(error)}): 'list' shows whether it is active"
         ) from None
     except (KeyNotFound, ValueError) as error:
         raise _Failure(

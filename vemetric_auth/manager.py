@@ -302,9 +302,9 @@ class KeyManager:
         then expires at ``now + overlap``, or at its own expiry if that comes
         earlier, so that clients can move to the new key meanwhile;
         ``overlap=timedelta(0)`` revokes it at once, by *rolled_by*. Both
-        changes happen in one atomic store call, or neither: if the roll
-        fails, the old key is as it was and the new one never works (it is
-        revoked).
+        changes happen in one atomic store call, or neither: if the store
+        refuses the roll, the old key is as it was and the new one never
+        works (it is revoked).
 
         The old key fails this manager's very next :meth:`authenticate` once
         it is expired or revoked; other processes see its new expiry within
@@ -314,7 +314,8 @@ class KeyManager:
         :param pending: Store the new key inactive and change nothing else:
             the roll happens when :meth:`activate` is given the result (the
             overlap counts from then). For a caller that must show the new
-            key before it may work.
+            key before it may work. Only the new key is stored then: the
+            exceptions below about the roll itself come from :meth:`activate`.
         :raises KeyNotFound: no key has this id.
         :raises ValueError: the key is revoked; *overlap* is negative; an
             *expires_at* that is naive or not in the future; a *key_id* or
@@ -324,9 +325,13 @@ class KeyManager:
             ``set_expiry`` (the message names what it lacks), or *overlap* is
             not a :class:`~datetime.timedelta`. Nothing is changed.
         :raises StoreUnavailable: the store failed, did not answer within
-            :attr:`store_timeout`, or the manager is closed. The old key is as
-            it was and the new key never works, even should the store finish
-            the roll later (see :meth:`activate`).
+            :attr:`store_timeout`, or the manager is closed. The new key,
+            which nobody saw, never works: it is revoked, also should the
+            store finish the roll later, and the old key's expiry is then put
+            back. An old key revoked by a roll with no overlap that the store
+            finished after all stays revoked (logged as an ERROR when the
+            late answer comes): roll with an overlap, and revoke later, where
+            that matters.
         """
         self._require_rolling("roll")
         key_id = _check_key_id(key_id)
@@ -349,10 +354,11 @@ class KeyManager:
             old.project_id, old.name, rolled_by, expires_at, inactive=True
         )
         state = _Pending(issued.record, old=old, overlap=overlap, rolled_by=rolled_by)
-        with self._pending_lock:
-            self._pending[issued.record.id] = state
-        if not pending:
-            self.activate(issued)
+        if pending:
+            with self._pending_lock:
+                self._pending[issued.record.id] = state
+        else:
+            self._activate(state, shown=False)
         return issued
 
     def activate(self, issued: IssuedKey | str) -> ApiKey:
@@ -369,14 +375,14 @@ class KeyManager:
         :returns: The new key's record as it is now.
         :raises ValueError: the key is not pending in this manager (never
             was, activated already, or revoked since); for a roll, the old key
-            was revoked meanwhile. The new key never works then.
+            was revoked meanwhile. Nothing changed; the new key never works.
         :raises KeyNotFound: the new key, or the old one, is no longer stored.
-        :raises StoreUnavailable: the store failed, did not answer in time, or
-            the manager is closed. The new key never works: it is revoked now
-            if the store answers, and as soon as it does otherwise, and a
-            roll that lands late is undone (the old key's expiry put back; an
-            old key revoked by an overlap of 0 stays revoked, which is logged
-            as an ERROR).
+            Nothing changed; the new key never works.
+        :raises StoreUnavailable: the store failed or did not answer within
+            :attr:`store_timeout`, or the manager is closed. The activation
+            may or may not have happened (for a roll: both changes or
+            neither), and may still happen if the store answers late; as the
+            key was shown, it is left so: :meth:`get` tells.
         """
         if isinstance(issued, IssuedKey):
             key_id = issued.record.id
@@ -388,22 +394,37 @@ class KeyManager:
             raise ValueError(
                 f"key {key_id} is not pending activation in this KeyManager"
             )
+        return self._activate(state, shown=True)
+
+    def _activate(self, state: _Pending, *, shown: bool) -> ApiKey:
+        """Activate *state*'s key; *shown*: its caller has shown it already.
+
+        A key nobody saw never works unless this returns: it is revoked on
+        any failure, and a late activation is undone. A key that was shown is
+        revoked only when the store refused the activation: after a failure
+        that leaves it unknown whether the activation landed, revoking the new
+        key of a roll that did land would leave neither key working.
+        """
         try:
             self._refuse_if_closed()
             if state.old is None:
-                return self._activate_created(state)
-            return self._activate_roll(state, state.old)
-        except BaseException:
+                return self._activate_created(state, shown)
+            return self._activate_roll(state, state.old, shown)
+        except (ValueError, KeyNotFound):
             self._abandon(state)
             raise
+        except BaseException:
+            if not shown:
+                self._abandon(state)
+            raise
 
-    def _activate_created(self, state: _Pending) -> ApiKey:
+    def _activate_created(self, state: _Pending, shown: bool) -> ApiKey:
         record: ApiKey | None = self._call_store(
             "activating a key",
             self._rolling.set_expiry,
             state.record.id,
             state.record.expires_at,
-            late=functools.partial(self._activated_late, state),
+            late=None if shown else functools.partial(self._activated_late, state),
         )
         if record is None:
             raise KeyNotFound()
@@ -412,7 +433,7 @@ class KeyManager:
         logger.info("activated key %s (%s)", record.id, record.prefix)
         return record
 
-    def _activate_roll(self, state: _Pending, old: ApiKey) -> ApiKey:
+    def _activate_roll(self, state: _Pending, old: ApiKey, shown: bool) -> ApiKey:
         now = _utcnow()
         revoke = state.overlap == timedelta(0)
         # Forget the old key before and after the write, as revoke does: it
@@ -430,7 +451,7 @@ class KeyManager:
                 ),
                 old.id,
                 state.record.id,
-                late=functools.partial(self._activated_late, state),
+                late=None if shown else functools.partial(self._activated_late, state),
                 expected=ValueError,
             )
         finally:
