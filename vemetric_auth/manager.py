@@ -76,7 +76,9 @@ class KeyManager:
         one of this hasher's after their first successful verification.
     :param cache_ttl: Seconds a verified key is served from memory before its
         record is read again (one lookup, no argon2) to see whether it was
-        revoked elsewhere. ``0`` reads it on every request.
+        revoked elsewhere. ``0`` reads it on every request. A key's expiry
+        is not bounded by it: an expired key is refused from the instant
+        its :attr:`~ApiKey.expires_at` comes, cached or not.
     :param cache_size: How many verified keys are remembered, least recently
         used first out.
     :param max_verifications: How many argon2 computations may run at once;
@@ -94,6 +96,17 @@ class KeyManager:
     started on demand. Each ends after 30 seconds without work, so a manager
     dropped without :meth:`close` keeps none for long; :meth:`close`, or
     leaving a ``with KeyManager(...) as keys:`` block, ends them at once.
+
+    Each successful :meth:`authenticate` is a use of its key: the manager
+    stamps it at most once a minute per key (a dict write on the request
+    path, no I/O), and one more daemon thread writes the stamps to the
+    store in one batch about a minute after the first of them, with the
+    store's ``record_use``
+    (:class:`~vemetric_auth.stores.base.UsageRecordingKeyStore`; a store
+    without it records no last use, which is logged once at WARNING).
+    :meth:`close` writes what is pending, and so does the end of the
+    interpreter for a manager that was not closed; a crash loses at most
+    about a minute of stamps.
 
     .. code-block:: python
 
