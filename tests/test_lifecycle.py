@@ -900,3 +900,44 @@ def test_stamps_are_written_at_interpreter_exit(tmp_path: Path) -> None:
     batches = [json.loads(line) for line in written.read_text().splitlines()]
     assert sorted(key for batch in batches for key in batch) == sorted(ids)
     assert done.stderr == ""
+
+
+# -- no plaintext key in the frames of a failing roll or activation ------------------
+
+
+def test_no_frame_of_a_failing_roll_or_activation_holds_a_key(
+    hasher: CountingHasher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Error reporters record every local of every frame: the new key, which
+    nobody saw, travels only inside the IssuedKey, whose repr hides it."""
+    import re
+
+    from test_traceback_locals import chain, frames, safe_repr
+
+    caplog.set_level(logging.DEBUG, "vemetric_auth")
+    store = FailingRollStore()
+    keys = KeyManager(store, hasher=hasher, store_timeout=0.5)
+    old = keys.create("p1", "n")
+    errors: list[BaseException] = []
+    store.error = OSError("connection lost")
+    for call in (
+        lambda: keys.roll(old.record.id),
+        lambda: keys.activate(keys.roll(old.record.id, pending=True)),
+    ):
+        with pytest.raises(StoreUnavailable) as info:
+            call()
+        errors.append(info.value)
+    errors += [r.exc_info[1] for r in caplog.records if r.exc_info and r.exc_info[1]]
+    key_pattern = re.compile(r"vem_[a-z0-9]{32}")
+    walked = 0
+    for error in errors:
+        for each in chain(error):
+            assert not key_pattern.search(str(each))
+        for frame in frames(error):
+            if frame.f_code.co_filename == __file__:
+                continue
+            walked += 1
+            for name, value in frame.f_locals.items():
+                assert not key_pattern.search(safe_repr(value)), (frame, name)
+    assert walked
+    keys.close()
