@@ -423,3 +423,28 @@ def test_the_statements_for_operators_make_the_table_of_this_release(
     assert not [s for s in seen if "ALTER" in s.upper()]
     item = old_table.keys[0]
     assert store.get(item.record.id) == item.record
+
+
+@pytest.mark.parametrize("turns", [True, False], ids=["sqlite", "without-turns"])
+def test_an_upgrade_the_database_refuses_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, turns: bool
+) -> None:
+    path = tmp_path / "keys.db"
+    table = make_old_table(f"sqlite:///{path}", "old_keys")
+    before = _raw_rows(table)
+    # A database the store may read but not change: the ALTER fails, and
+    # the store fails rather than run on a table it can not use.
+    store = SQLKeyStore(
+        f"sqlite:///file:{path}?mode=ro&uri=true", table_name="old_keys"
+    )
+    if not turns:
+        monkeypatch.setattr(store, "_dialect_name", "another-database")
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="readonly"):
+            store.create_table()
+        with pytest.raises(sa.exc.OperationalError):
+            store.get(table.keys[0].record.id)
+    finally:
+        store.close()
+    assert _raw_rows(table) == before
+    assert [column["name"] for column in _columns(table)] == COLUMNS_0_1

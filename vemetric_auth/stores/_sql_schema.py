@@ -284,18 +284,21 @@ def add_missing_columns(connection: Connection, table: Table, dialect: str) -> N
     missing = _missing_columns(connection, table)
     # The inspection may have begun a transaction; end it either way.
     connection.rollback()
-    if not missing:
-        return
-    try:
-        _add_columns(connection, table, dialect)
-    except DBAPIError:
-        # Another process added them meanwhile: one not taking turns with us,
-        # or on a database without them.
-        connection.rollback()
-        missing = _missing_columns(connection, table)
-        connection.rollback()
-        if missing:
-            raise
+    while missing:
+        try:
+            _add_columns(connection, table, dialect)
+            return
+        except DBAPIError:
+            # Another process added a column meanwhile: one not taking turns
+            # with us, or on a database without turns (where each ALTER may
+            # commit by itself). Carry on with what is still missing, unless
+            # nobody added anything: then the failure is ours.
+            connection.rollback()
+            still_missing = _missing_columns(connection, table)
+            connection.rollback()
+            if len(still_missing) >= len(missing):
+                raise
+            missing = still_missing
 
 
 def _missing_columns(connection: Connection, table: Table) -> list[Column[Any]]:
