@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from ._fork import reset_in_child
 from .records import ApiKey
@@ -18,10 +20,14 @@ class Verified:
     :attr:`fresh_until` and :attr:`stamp_due` only: one comparison each.
     """
 
-    __slots__ = ("checked_until", "fresh_until", "record", "stamp_due")
+    __slots__ = ("checked_until", "expires", "fresh_until", "record", "stamp_due")
 
     def __init__(
-        self, record: ApiKey, fresh_until: float, checked_until: float
+        self,
+        record: ApiKey,
+        fresh_until: float,
+        checked_until: float,
+        expires: float = math.inf,
     ) -> None:
         #: The record as read from the store.
         self.record = record
@@ -32,6 +38,8 @@ class Verified:
         #: (``cache_ttl`` seconds from the read). Past :attr:`fresh_until`
         #: but before this, the key has expired: refused without a store call.
         self.checked_until = checked_until
+        #: When the key expires, as of the read; :data:`math.inf`: never.
+        self.expires = expires
         #: When a use of the key is next worth a last-use stamp; 0.0: at
         #: the next use (see :class:`~vemetric_auth._last_use.LastUse`).
         self.stamp_due = 0.0
@@ -51,9 +59,9 @@ class VerifiedKeys:
         self._lock = threading.Lock()
         self._entries: OrderedDict[bytes, Verified] = OrderedDict()
         self._digests: dict[str, bytes] = {}
-        #: Bumped by every :meth:`forget` and :meth:`close`; a put that started
-        #: before one is dropped, so a revocation can not be undone by a
-        #: verification that read the record before it.
+        #: Bumped by every :meth:`forget`, :meth:`clear` and :meth:`close`; a
+        #: put that started before one is dropped, so a revocation can not be
+        #: undone by a verification that read the record before it.
         self.generation = 0
         self._closed = False
         reset_in_child(self)
@@ -102,6 +110,22 @@ class VerifiedKeys:
             digest = self._digests.pop(key_id, None)
             if digest is not None:
                 self._entries.pop(digest, None)
+
+    def forget_many(self, key_ids: Iterable[str]) -> None:
+        """:meth:`forget` each of *key_ids*, under one hold of the lock."""
+        with self._lock:
+            self.generation += 1
+            for key_id in key_ids:
+                digest = self._digests.pop(key_id, None)
+                if digest is not None:
+                    self._entries.pop(digest, None)
+
+    def clear(self) -> None:
+        """Drop every entry, and any put under way."""
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+            self._digests.clear()
 
     def close(self) -> None:
         """Drop every entry, and keep none from now on."""

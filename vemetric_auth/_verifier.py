@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from datetime import datetime, timezone
 
 from ._argon2 import Argon2Threads, Verdict
 from ._cache import Verified, VerifiedKeys
+from ._feed import ChangeFeed
+from ._fork import reset_in_child
 from ._last_use import LastUse
 from ._secret import Secret
 from ._store_calls import StoreCalls
@@ -36,6 +40,20 @@ class Verifier:
     record, without a store call. The expiry is carried to the monotonic
     clock at each read, so a change of the system clock is followed within
     ``cache_ttl`` seconds.
+
+    With a change *feed*, a read of the feed vouches for every entry it did
+    not evict: an entry read more than ``cache_ttl`` seconds ago is served
+    as it is while the feed was read less than ``cache_ttl`` seconds ago (any
+    change older than that was evicted), and re-read in the background, off
+    the request path. So a stale entry costs no request a store call, and a
+    flood that slows the store delays no key this process knows. Should the
+    feed stop being read, entries fall back to ``cache_ttl``.
+
+    While re-reads of known keys fail (the store is down), an entry that is
+    not expired is served from memory until *outage_grace* seconds after the
+    feed was last read, re-read in the background meanwhile; keys never
+    verified get ``503``. Without a feed there is no such grace: a revocation
+    written elsewhere just before the outage would go unseen.
     """
 
     def __init__(
@@ -45,6 +63,9 @@ class Verifier:
         cache: VerifiedKeys,
         cache_ttl: float,
         last_use: LastUse,
+        *,
+        feed: ChangeFeed | None = None,
+        outage_grace: float = 0.0,
     ) -> None:
         self._call_store = store_calls
         self._store = store_calls.store
@@ -52,7 +73,20 @@ class Verifier:
         self._cache = cache
         self._cache_ttl = cache_ttl
         self._last_use = last_use
+        self._feed = feed
+        self._outage_grace = outage_grace
         self._turns = KeyTurns()
+        #: A re-read of a known key failed, and none succeeded since.
+        self._down = False
+        #: Serving keys from memory for the store's outage was logged.
+        self._told_outage = False
+        self._after_fork()
+        reset_in_child(self)
+
+    def _after_fork(self) -> None:
+        # The parent's background re-reads are not in the child.
+        self._rechecks_lock = threading.Lock()
+        self._rechecking: set[str] = set()
 
     def verify(self, secret: Secret, digest: bytes) -> ApiKey:
         """Return the record of the key, its SHA-256 *digest* given.
@@ -61,9 +95,16 @@ class Verifier:
         :raises StoreUnavailable: the store failed or did not answer within
             its timeout, or argon2 could not run.
         """
+        entry = self._cache.get(digest)
+        if entry is not None:
+            # A stale entry the feed vouches for needs no turn: served at once.
+            record = self._from_memory(digest, entry, time.monotonic())
+            if record is not None:
+                self._last_use.note(record.id, time.monotonic())
+                return record
         # One deadline for the whole request: waiting for another request of
-        # the same key, then for the store. Requests queued behind a hung
-        # store then fail within store_timeout too, not one after another.
+        # the same key, then for the store and argon2. Requests queued behind
+        # a hung store then fail within store_timeout too, not one after another.
         timeout = self._call_store.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._turns.turn(digest, timeout) as got_turn:
@@ -80,8 +121,11 @@ class Verifier:
                 now = time.monotonic()
                 if now < entry.fresh_until:
                     record = entry.record
-                elif now < entry.checked_until:
-                    # Stale before its cache_ttl ran out: it expired.
+                elif now < entry.checked_until or (
+                    now >= entry.expires and self._vouched(now)
+                ):
+                    # Expired, and its record stands (read less than cache_ttl
+                    # ago, or vouched for by the feed).
                     logger.info(
                         "rejected expired key %s (%s)",
                         entry.record.id,
@@ -89,14 +133,50 @@ class Verifier:
                     )
                     raise InvalidApiKey()
                 else:
-                    record = self._recheck(digest, entry.record, deadline)
+                    record = self._recheck_now(digest, entry, deadline)
         self._last_use.note(record.id, time.monotonic())
         return record
+
+    def _vouched(self, now: float) -> bool:
+        """Whether the feed was read less than cache_ttl seconds ago."""
+        return self._feed is not None and now - self._feed.confirmed_at < (
+            self._cache_ttl
+        )
+
+    def _in_grace(self, now: float) -> bool:
+        """Whether an outage may still be bridged from memory."""
+        return self._feed is not None and now < (
+            self._feed.confirmed_at + self._outage_grace
+        )
+
+    def _from_memory(self, digest: bytes, entry: Verified, now: float) -> ApiKey | None:
+        """The record of a stale, unexpired *entry* if it may be served with
+        no store call: the feed vouches for it, or the store is known to be
+        down and the outage is within its grace. It is then re-read in the
+        background. ``None``: the caller reads it again."""
+        if now < entry.fresh_until:
+            return entry.record  # made fresh meanwhile
+        if now < entry.checked_until or now >= entry.expires:
+            return None  # expired: the caller says so
+        if self._vouched(now) or (self._down and self._in_grace(now)):
+            self._recheck_later(digest, entry.record)
+            if self._down:
+                self._tell_outage()
+            return entry.record
+        return None
 
     def _first_use(
         self, secret: Secret, digest: bytes, deadline: float | None
     ) -> ApiKey:
         prefix = display_prefix(secret.value)
+        feed = self._feed
+        if feed is not None:
+            # Nothing may be cached before the feed's first cursor (it would
+            # miss changes made in between): wait for the reader's first read,
+            # once. Should it fail, what is cached is dropped at its first
+            # success.
+            feed.start()
+            feed.wait_tried(None if deadline is None else deadline - time.monotonic())
         generation = self._cache.generation
         # Freshness counts from the read, not from the end of the verification.
         # The monotonic clock is read first: an expiry carried over from the
@@ -104,7 +184,11 @@ class Verifier:
         read_at = time.monotonic()
         wall_at = datetime.now(timezone.utc)
         found = self._call_store(
-            "looking a key up", self._store.find_by_prefix, prefix, deadline=deadline
+            "looking a key up",
+            self._store.find_by_prefix,
+            prefix,
+            deadline=deadline,
+            lookup=True,
         )
         if found is None:
             logger.info("rejected unknown key %s", prefix)
@@ -118,7 +202,9 @@ class Verifier:
             # (already expired) is activated by a later write.
             logger.info("rejected expired key %s (%s)", record.id, prefix)
             raise InvalidApiKey()
-        verdict, new_hash = self._argon2.verify(key_hash, secret)
+        verdict, new_hash = self._argon2.verify(
+            key_hash, secret, lane=prefix, deadline=deadline
+        )
         if verdict is Verdict.MISMATCH:
             logger.info("rejected wrong secret for key %s (%s)", record.id, prefix)
             raise InvalidApiKey()
@@ -137,10 +223,15 @@ class Verifier:
                     record.id,
                     new_hash,
                     deadline=deadline,
+                    lookup=True,
+                    quiet=True,
                 )
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 # The key is verified; a stale hash only costs a rehash later.
-                logger.warning("could not store the new hash of key %s", record.id)
+                # One record says it all, the store's error attached.
+                logger.warning(
+                    "could not store the new hash of key %s", record.id, exc_info=exc
+                )
             else:
                 logger.info("rehashed key %s with the current parameters", record.id)
         if _expired(record):  # while argon2 ran
@@ -150,13 +241,76 @@ class Verifier:
         logger.debug("authenticated key %s (%s)", record.id, prefix)
         return record
 
-    def _recheck(self, digest: bytes, cached: ApiKey, deadline: float | None) -> ApiKey:
+    def _recheck_now(
+        self, digest: bytes, entry: Verified, deadline: float | None
+    ) -> ApiKey:
+        """Re-read a stale entry on the request path; bridge an outage."""
+        now = time.monotonic()
+        if now < entry.expires and self._down and self._in_grace(now):
+            # Known to be down: no request waits for it (see _from_memory).
+            self._recheck_later(digest, entry.record)
+            self._tell_outage()
+            return entry.record
+        try:
+            return self._recheck(digest, entry.record, deadline)
+        except StoreUnavailable:
+            now = time.monotonic()
+            if now < entry.expires and self._in_grace(now):
+                self._tell_outage()
+                return entry.record
+            raise
+
+    def _recheck_later(self, digest: bytes, cached: ApiKey) -> None:
+        """Re-read *cached* on a background thread, unless one does already."""
+        with self._rechecks_lock:
+            if cached.id in self._rechecking:
+                return
+            self._rechecking.add(cached.id)
+        if not self._call_store.in_background(self._recheck_quietly, digest, cached):
+            with self._rechecks_lock:
+                self._rechecking.discard(cached.id)
+
+    def _recheck_quietly(self, digest: bytes, cached: ApiKey) -> None:
+        try:
+            self._recheck(digest, cached, None, quiet=True)
+        except (InvalidApiKey, StoreUnavailable):
+            pass  # forgotten, or kept for the next request to try again
+        except Exception:
+            logger.exception("re-reading key %s failed", cached.id)
+        finally:
+            with self._rechecks_lock:
+                self._rechecking.discard(cached.id)
+
+    def _recheck(
+        self,
+        digest: bytes,
+        cached: ApiKey,
+        deadline: float | None,
+        *,
+        quiet: bool = False,
+    ) -> ApiKey:
         generation = self._cache.generation
         read_at = time.monotonic()
         wall_at = datetime.now(timezone.utc)
-        record = self._call_store(
-            "reading a key", self._store.get, cached.id, deadline=deadline
-        )
+        try:
+            record = self._call_store(
+                "reading a key",
+                self._store.get,
+                cached.id,
+                deadline=deadline,
+                quiet=quiet or self._down,
+            )
+        except StoreUnavailable:
+            if not self._call_store.closed:
+                self._down = True
+            raise
+        if self._down:
+            self._down = False
+            if self._told_outage:
+                self._told_outage = False
+                logger.warning(
+                    "the key store answers again: keys are checked against it again"
+                )
         if record is None or record.revoked_at is not None:
             self._cache.forget(cached.id)
             logger.info("rejected revoked key %s (%s)", cached.id, cached.prefix)
@@ -169,15 +323,27 @@ class Verifier:
             raise InvalidApiKey()
         return record
 
+    def _tell_outage(self) -> None:
+        if self._told_outage:
+            return
+        self._told_outage = True
+        logger.warning(
+            "the key store is unavailable: keys verified before are served from "
+            "memory for at most %s s after the change feed was last read; new "
+            "keys get 503",
+            self._outage_grace,
+        )
+
     def _entry(self, record: ApiKey, read_at: float, wall_at: datetime) -> Verified:
         """The cache entry of *record*, read at *read_at* (monotonic), which
         was *wall_at* on the wall clock."""
         checked_until = read_at + self._cache_ttl
         fresh_until = checked_until
+        expires = math.inf
         if record.expires_at is not None:
             expires = read_at + (record.expires_at - wall_at).total_seconds()
             fresh_until = min(fresh_until, expires)
-        return Verified(record, fresh_until, checked_until)
+        return Verified(record, fresh_until, checked_until, expires)
 
 
 def _expired(record: ApiKey) -> bool:

@@ -1,0 +1,304 @@
+"""The manager's side of the change feed (SPEC section 7): a key revoked,
+rolled or re-dated by another manager on the same store is refused here
+within a second whatever ``cache_ttl`` is; a feed that fails falls back to
+``cache_ttl``; a store without a feed works as before.
+
+The store here is :class:`feed_store.FeedStore`, an in-memory store with a
+feed; across real processes and databases, see ``tests/test_revocation.py``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from conftest import CountingHasher, FlakyStore
+from feed_store import FeedStore
+
+from vemetric_auth import InMemoryKeyStore, InvalidApiKey, KeyManager
+from vemetric_auth._feed import ChangeFeed, has_change_feed
+
+#: What the SPEC promises: refused everywhere within this many seconds.
+BOUND = 1.0
+
+
+def feed_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "vemetric-auth-feed"]
+
+
+@pytest.fixture
+def store() -> FeedStore:
+    return FeedStore()
+
+
+@pytest.fixture
+def managers(store: FeedStore) -> Iterator[Callable[..., KeyManager]]:
+    made: list[KeyManager] = []
+
+    def make(**kwargs: object) -> KeyManager:
+        kwargs.setdefault("hasher", CountingHasher())
+        manager = KeyManager(kwargs.pop("store", store), **kwargs)  # type: ignore[arg-type]
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        manager.close()
+
+
+def refused_within(keys: KeyManager, key: str, bound: float) -> float:
+    """Seconds until *keys* refuses *key*; fails if it takes over *bound*."""
+    started = time.monotonic()
+    while True:
+        try:
+            keys.authenticate(key)
+        except InvalidApiKey:
+            return time.monotonic() - started
+        elapsed = time.monotonic() - started
+        assert elapsed < bound, f"still accepted after {elapsed:.2f} s"
+        time.sleep(0.005)
+
+
+def test_the_capability_is_told_by_changes_since() -> None:
+    assert has_change_feed(FeedStore())
+    assert not has_change_feed(FlakyStore(InMemoryKeyStore()))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param("revoke", id="revoke"),
+        pytest.param("roll", id="roll-no-overlap"),
+        pytest.param("expire", id="expiry-moved-earlier"),
+    ],
+)
+def test_a_change_by_another_manager_is_refused_within_a_second_whatever_cache_ttl(
+    managers: Callable[..., KeyManager], change: str
+) -> None:
+    here = managers(cache_ttl=3600)
+    elsewhere = managers(cache_ttl=3600)
+    issued = elsewhere.create("p1", "n")
+    assert here.authenticate(issued.key) == issued.record
+    assert elsewhere.authenticate(issued.key) == issued.record
+    if change == "revoke":
+        elsewhere.revoke(issued.record.id)
+    elif change == "roll":
+        elsewhere.roll(issued.record.id, overlap=timedelta(0))
+    else:
+        soon = datetime.now(timezone.utc) + timedelta(milliseconds=200)
+        elsewhere._rolling.set_expiry(issued.record.id, soon)
+    lag = refused_within(here, issued.key, BOUND)
+    if change != "expire":
+        # The interval is half a second; a second has room for a slow machine.
+        assert lag < ChangeFeed._interval + 0.3
+
+
+def test_a_listener_wakes_the_reader_at_once(
+    managers: Callable[..., KeyManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reads every minute but for the listener: only its wake can explain a
+    # refusal within a fraction of a second.
+    monkeypatch.setattr(ChangeFeed, "_interval", 60.0)
+    store = FeedStore(listening=True)
+    here = managers(store=store, cache_ttl=3600)
+    issued = here.create("p1", "n")
+    here.authenticate(issued.key)
+    deadline = time.monotonic() + 5
+    while not store.listeners:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.05)
+    reads = store.calls["changes_since"]
+    store.revoke(issued.record.id, revoked_at=datetime.now(timezone.utc), revoked_by=None)
+    assert refused_within(here, issued.key, 0.5) < 0.5
+    assert store.calls["changes_since"] == reads + 1
+
+
+def test_the_reader_starts_from_the_head_taken_before_the_first_verification(
+    managers: Callable[..., KeyManager], store: FeedStore
+) -> None:
+    order: list[str] = []
+    changes_since, find_by_prefix = store.changes_since, store.find_by_prefix
+
+    def first_changes(cursor: int | None) -> object:
+        order.append(f"changes_since({cursor})")
+        return changes_since(cursor)
+
+    def first_find(prefix: str) -> object:
+        order.append("find_by_prefix")
+        return find_by_prefix(prefix)
+
+    store.changes_since = first_changes  # type: ignore[method-assign,assignment]
+    store.find_by_prefix = first_find  # type: ignore[method-assign]
+    keys = managers()
+    issued = keys.create("p1", "n")
+    assert keys._feed is not None
+    assert keys._feed._thread is None  # management alone starts no reader
+    keys.authenticate(issued.key)
+    assert order[:2] == ["changes_since(None)", "find_by_prefix"]
+
+
+def test_a_feed_that_missed_changes_clears_the_cache(
+    managers: Callable[..., KeyManager], store: FeedStore
+) -> None:
+    hasher = CountingHasher()
+    keys = managers(hasher=hasher, cache_ttl=3600)
+    issued = [keys.create("p1", f"n{i}") for i in range(3)]
+    for item in issued:
+        keys.authenticate(item.key)
+    assert len(keys._cache) == 3
+    store.feed_incomplete = True
+    deadline = time.monotonic() + BOUND
+    while len(keys._cache):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    store.feed_incomplete = False
+    for item in issued:
+        assert keys.authenticate(item.key) == item.record
+    assert hasher.verifications == 6  # each verified again, once
+
+
+def test_a_failing_feed_is_logged_once_falls_back_to_cache_ttl_and_misses_nothing(
+    managers: Callable[..., KeyManager],
+    store: FeedStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ChangeFeed, "_interval", 0.05)
+    caplog.set_level(logging.INFO, logger="vemetric_auth")
+    ttl = 1.0
+    here = managers(cache_ttl=ttl)
+    elsewhere = managers(cache_ttl=ttl)
+    kept, revoked_during = here.create("p1", "kept"), here.create("p1", "revoked")
+    here.authenticate(kept.key)
+    here.authenticate(revoked_during.key)
+    cached_at = time.monotonic()
+
+    store.feed_failing = True
+    reads = store.calls["changes_since"]
+    time.sleep(0.2)
+    assert store.calls["changes_since"] >= reads + 2  # it keeps trying
+    warnings = [r for r in caplog.records if "change feed" in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING"]  # once per outage
+    # The cache_ttl bound: a revocation elsewhere is seen once the entry is
+    # stale (it is re-read on the request path then), not before.
+    elsewhere.revoke(revoked_during.record.id)
+    revoked_at = time.monotonic()
+    lag = refused_within(here, revoked_during.key, ttl + 0.5)
+    assert lag >= cached_at + ttl - revoked_at - 0.05
+    assert here.authenticate(kept.key) == kept.record
+
+    # Back: the revocation made meanwhile is read from the kept cursor.
+    other = here.create("p1", "revoked after")
+    here.authenticate(other.key)
+    store.feed_failing = False
+    elsewhere.revoke(other.record.id)
+    refused_within(here, other.key, BOUND)
+    assert "the key store's change feed can be read again" in caplog.text
+    time.sleep(0.2)
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+def test_a_stale_entry_vouched_for_by_the_feed_is_served_and_read_again_off_the_request_path(
+    managers: Callable[..., KeyManager], store: FeedStore
+) -> None:
+    ttl = 1.0
+    keys = managers(cache_ttl=ttl)
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    time.sleep(ttl + 0.05)
+    store.delay = 0.5  # every read of a key now takes half a second
+    gets = store.calls.get("get", 0)
+    started = time.monotonic()
+    for _ in range(20):
+        assert keys.authenticate(issued.key) == issued.record
+    assert time.monotonic() - started < 0.25  # no request waited for the store
+    deadline = time.monotonic() + 5
+    while store.calls.get("get", 0) == gets:  # re-read in the background, once
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.6)
+    assert store.calls["get"] == gets + 1
+    entry = keys._cache.get(next(iter(keys._cache._entries)))
+    assert entry is not None
+    assert entry.fresh_until > time.monotonic()  # fresh again
+
+
+def test_a_revocation_found_by_the_background_read_evicts_the_key(
+    managers: Callable[..., KeyManager], store: FeedStore
+) -> None:
+    """A change the feed does not carry (written around the manager) is
+    still found within about cache_ttl, as before."""
+    keys = managers(cache_ttl=0.5)
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    InMemoryKeyStore.revoke(  # no entry in the change log
+        store, issued.record.id, revoked_at=datetime.now(timezone.utc), revoked_by=None
+    )
+    refused_within(keys, issued.key, 0.5 + 1.0)
+
+
+def test_cache_ttl_zero_still_reads_the_record_on_every_request(
+    managers: Callable[..., KeyManager], store: FeedStore
+) -> None:
+    keys = managers(cache_ttl=0)
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    gets = store.calls.get("get", 0)
+    for _ in range(5):
+        keys.authenticate(issued.key)
+    assert store.calls["get"] == gets + 5
+
+
+def test_a_store_without_the_feed_starts_no_reader(
+    memory_store: InMemoryKeyStore,
+) -> None:
+    flaky = FlakyStore(memory_store)
+    before = set(feed_threads())
+    with KeyManager(flaky, hasher=CountingHasher(), cache_ttl=0.05) as keys:
+        issued = keys.create("p1", "n")
+        keys.authenticate(issued.key)
+        assert keys._feed is None
+        assert set(feed_threads()) == before
+        time.sleep(0.06)
+        keys.authenticate(issued.key)  # stale: read on the request path
+        assert flaky.calls["get"] == 1
+
+
+def test_the_reader_ends_on_close_and_when_the_manager_is_dropped(
+    store: FeedStore,
+) -> None:
+    before = set(feed_threads())
+    keys = KeyManager(store, hasher=CountingHasher())
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    assert len(set(feed_threads()) - before) == 1
+    keys.close()
+    assert set(feed_threads()) - before == set()
+
+    dropped = KeyManager(store, hasher=CountingHasher())
+    dropped.authenticate(issued.key)
+    assert len(set(feed_threads()) - before) == 1
+    del dropped
+    gc.collect()
+    deadline = time.monotonic() + ChangeFeed._interval + 2
+    while set(feed_threads()) - before:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_the_listener_is_closed_with_the_manager(store: FeedStore) -> None:
+    listening = FeedStore(listening=True)
+    keys = KeyManager(listening, hasher=CountingHasher())
+    keys.authenticate(keys.create("p1", "n").key)
+    deadline = time.monotonic() + 5
+    while not listening.listeners:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    keys.close()
+    assert [listener.closed for listener in listening.listeners] == [True]
