@@ -165,3 +165,43 @@ class FeedStore(InMemoryKeyStore):
     def record_use(self, stamps: Any) -> None:
         self._enter("record_use")
         super().record_use(stamps)
+
+
+class SlowStore:
+    """Wraps a store, without its change feed: each call sleeps *delay*
+    seconds first (outside any lock), as a slow or distant database does."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.calls[name] = self.calls.get(name, 0) + 1
+        time.sleep(self.delay)
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    def add(self, record: ApiKey, key_hash: str) -> None:
+        self._call("add", record, key_hash)
+
+    def get(self, key_id: str) -> Any:
+        return self._call("get", key_id)
+
+    def find_by_prefix(self, prefix: str) -> Any:
+        return self._call("find_by_prefix", prefix)
+
+    def list(self, project_id: str, *, include_revoked: bool = False) -> Any:
+        return self._call("list", project_id, include_revoked=include_revoked)
+
+    def revoke(self, key_id: str, *, revoked_at: Any, revoked_by: Any) -> Any:
+        return self._call(
+            "revoke", key_id, revoked_at=revoked_at, revoked_by=revoked_by
+        )
+
+    def set_hash(self, key_id: str, key_hash: str) -> None:
+        self._call("set_hash", key_id, key_hash)
+
+    def record_use(self, stamps: Any) -> None:
+        self._call("record_use", stamps)

@@ -28,12 +28,14 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher, profiles
 from conftest import CountingHasher
+from feed_store import FeedStore
 from werkzeug.test import Client, TestResponse
 
 from vemetric_auth import (
@@ -50,6 +52,7 @@ from vemetric_auth import (
     StoreUnavailable,
     generate_key,
 )
+from vemetric_auth._feed import ChangeFeed
 
 UNAVAILABLE = {
     "error": {
@@ -522,7 +525,7 @@ def test_more_hung_requests_than_lookup_threads_are_each_503_in_time(
     lookup_threads = [
         thread
         for thread in set(threading.enumerate()) - before
-        if thread.name.startswith("vemetric-auth-store")
+        if thread.name.startswith("vemetric-auth-lookup")
     ]
     assert 1 <= len(lookup_threads) <= 16
     hanging.release()
@@ -588,6 +591,137 @@ def test_a_rehash_write_that_hangs_does_not_hold_the_request(
     # Verified, so served: the old hash only costs a rehash later.
     assert outcome.error is None
     assert outcome.result == issued.record
+
+
+# -- an outage, bridged from memory (outage_grace) -----------------------------------
+
+
+@pytest.fixture
+def fast_feed(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The change feed is read every 0.05 s instead of 0.5 s."""
+    monkeypatch.setattr(ChangeFeed, "_interval", 0.05)
+    return 0.05
+
+
+def wait_until(condition: Callable[[], bool], within: float) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_an_outage_serves_keys_verified_before_for_outage_grace_new_keys_503(
+    fast_feed: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    ttl, grace = 0.2, 1.5
+    store = FeedStore()
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=ttl, outage_grace=grace)
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    uncached = keys.create(PROJECT, "never used")
+    assert_served(service.call(cached.key))
+
+    store.failing = store.feed_failing = True  # the database is gone
+    down_at = time.monotonic()
+    time.sleep(ttl + 0.05)  # past cache_ttl, and the feed is failing
+    for _ in range(5):
+        assert_served(service.call(cached.key))
+    assert_unavailable(service.call(uncached.key))
+    assert_unavailable(service.call(generate_key()))
+    assert caplog.text.count("keys verified before are served from memory") == 1
+    # Bounded: once the grace is over, 503 as for any key.
+    time.sleep(max(0.0, down_at + grace - time.monotonic()) + 0.1)
+    assert_unavailable(service.call(cached.key))
+
+    store.failing = store.feed_failing = False  # back: recovers by itself
+    assert_served(service.call(cached.key))
+    assert_served(service.call(uncached.key))
+    assert service.downstream.calls == 8
+    keys.close()
+
+
+def test_an_outage_of_a_hanging_store_costs_one_timeout_then_answers_from_memory(
+    fast_feed: float,
+) -> None:
+    timeout, ttl = 0.5, 0.2
+    store = FeedStore()
+    keys = KeyManager(
+        store, hasher=CountingHasher(), store_timeout=timeout, cache_ttl=ttl
+    )
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    uncached = keys.create(PROJECT, "never used")
+    assert_served(service.call(cached.key))
+    store.feed_failing = True
+    store.hanging.clear()  # every key store call blocks
+    try:
+        time.sleep(ttl + 0.05)
+        response, elapsed = service.timed_call(cached.key)
+        assert_served(response)  # from memory, once the re-read timed out
+        assert elapsed < timeout + SLACK
+        for _ in range(5):  # known to be down: no request waits any more
+            response, elapsed = service.timed_call(cached.key)
+            assert_served(response)
+            assert elapsed < 0.2
+        response, elapsed = service.timed_call(uncached.key)
+        assert_unavailable(response)
+        assert timeout * 0.9 <= elapsed < timeout + SLACK
+    finally:
+        store.hanging.set()
+        store.feed_failing = False
+    wait_until(lambda: not keys._verifier._is_down(), within=5)
+    assert_served(service.call(uncached.key))
+    keys.close()
+
+
+def test_outage_grace_zero_is_503_once_stale(fast_feed: float) -> None:
+    store = FeedStore()
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=0.2, outage_grace=0)
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    assert_served(service.call(cached.key))
+    store.failing = store.feed_failing = True
+    assert_served(service.call(cached.key))  # fresh: served as ever
+    time.sleep(0.25)
+    assert_unavailable(service.call(cached.key))
+    store.failing = store.feed_failing = False
+    assert_served(service.call(cached.key))
+    keys.close()
+
+
+def test_no_grace_for_a_key_revoked_before_the_outage(fast_feed: float) -> None:
+    """The feed delivered the revocation before the store went down: the key
+    is not in memory to be served."""
+    store = FeedStore()
+    here = KeyManager(store, hasher=CountingHasher(), cache_ttl=3600)
+    elsewhere = KeyManager(store, hasher=CountingHasher())
+    service = Service(here)
+    issued = here.create(PROJECT, "revoked, then an outage")
+    assert_served(service.call(issued.key))
+    elsewhere.revoke(issued.record.id)
+    wait_until(lambda: len(here._cache) == 0, within=1.0)
+    store.failing = store.feed_failing = True
+    assert_unavailable(service.call(issued.key))
+    store.failing = store.feed_failing = False
+    assert_refused(service.call(issued.key))
+    here.close()
+    elsewhere.close()
+
+
+def test_an_expired_key_is_refused_during_an_outage(fast_feed: float) -> None:
+    store = FeedStore()
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=0.1)
+    service = Service(keys)
+    soon = datetime.now(timezone.utc) + timedelta(seconds=0.4)
+    issued = keys.create(PROJECT, "expires soon", expires_at=soon)
+    assert_served(service.call(issued.key))
+    store.failing = store.feed_failing = True
+    time.sleep(0.2)
+    assert_served(service.call(issued.key))  # stale, in the grace, unexpired
+    time.sleep(max(0.0, (soon - datetime.now(timezone.utc)).total_seconds()) + 0.05)
+    assert_refused(service.call(issued.key))
+    store.failing = store.feed_failing = False
+    keys.close()
 
 
 # -- PostgreSQL ------------------------------------------------------------------------

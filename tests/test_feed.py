@@ -114,7 +114,9 @@ def test_a_listener_wakes_the_reader_at_once(
         time.sleep(0.01)
     time.sleep(0.05)
     reads = store.calls["changes_since"]
-    store.revoke(issued.record.id, revoked_at=datetime.now(timezone.utc), revoked_by=None)
+    store.revoke(
+        issued.record.id, revoked_at=datetime.now(timezone.utc), revoked_by=None
+    )
     assert refused_within(here, issued.key, 0.5) < 0.5
     assert store.calls["changes_since"] == reads + 1
 

@@ -76,8 +76,9 @@ class Verifier:
         self._feed = feed
         self._outage_grace = outage_grace
         self._turns = KeyTurns()
-        #: A re-read of a known key failed, and none succeeded since.
-        self._down = False
+        #: When a re-read of a known key last failed (monotonic), if none
+        #: has succeeded since; see _is_down.
+        self._down_since: float | None = None
         #: Serving keys from memory for the store's outage was logged.
         self._told_outage = False
         self._after_fork()
@@ -122,10 +123,10 @@ class Verifier:
                 if now < entry.fresh_until:
                     record = entry.record
                 elif now < entry.checked_until or (
-                    now >= entry.expires and self._vouched(now)
+                    now >= entry.expires and self._stands(now)
                 ):
                     # Expired, and its record stands (read less than cache_ttl
-                    # ago, or vouched for by the feed).
+                    # ago, vouched for by the feed, or an outage in its grace).
                     logger.info(
                         "rejected expired key %s (%s)",
                         entry.record.id,
@@ -137,17 +138,26 @@ class Verifier:
         self._last_use.note(record.id, time.monotonic())
         return record
 
-    def _vouched(self, now: float) -> bool:
-        """Whether the feed was read less than cache_ttl seconds ago."""
-        return self._feed is not None and now - self._feed.confirmed_at < (
-            self._cache_ttl
-        )
+    def _stands(self, now: float) -> bool:
+        """Whether a cached record stands without reading it again: the feed
+        was read less than cache_ttl seconds ago (every change older than
+        that was evicted), or the store is down and was read (the feed) less
+        than outage_grace seconds ago."""
+        feed = self._feed
+        if feed is None:
+            return False
+        confirmed_at = feed.confirmed_at
+        if now - confirmed_at < self._cache_ttl:
+            return True
+        return now - confirmed_at < self._outage_grace and self._is_down()
 
-    def _in_grace(self, now: float) -> bool:
-        """Whether an outage may still be bridged from memory."""
-        return self._feed is not None and now < (
-            self._feed.confirmed_at + self._outage_grace
-        )
+    def _is_down(self) -> bool:
+        """Whether the store is known to be down: a re-read failed, and
+        neither a re-read nor the feed succeeded since."""
+        since = self._down_since
+        if since is None:
+            return False
+        return self._feed is None or self._feed.confirmed_at < since
 
     def _from_memory(self, digest: bytes, entry: Verified, now: float) -> ApiKey | None:
         """The record of a stale, unexpired *entry* if it may be served with
@@ -158,10 +168,8 @@ class Verifier:
             return entry.record  # made fresh meanwhile
         if now < entry.checked_until or now >= entry.expires:
             return None  # expired: the caller says so
-        if self._vouched(now) or (self._down and self._in_grace(now)):
+        if self._stands(now):
             self._recheck_later(digest, entry.record)
-            if self._down:
-                self._tell_outage()
             return entry.record
         return None
 
@@ -245,18 +253,15 @@ class Verifier:
         self, digest: bytes, entry: Verified, deadline: float | None
     ) -> ApiKey:
         """Re-read a stale entry on the request path; bridge an outage."""
-        now = time.monotonic()
-        if now < entry.expires and self._down and self._in_grace(now):
-            # Known to be down: no request waits for it (see _from_memory).
-            self._recheck_later(digest, entry.record)
-            self._tell_outage()
-            return entry.record
         try:
             return self._recheck(digest, entry.record, deadline)
         except StoreUnavailable:
             now = time.monotonic()
-            if now < entry.expires and self._in_grace(now):
+            if now < entry.expires and self._stands(now):
+                # Down (just found so), in the grace: served from memory, and
+                # re-read in the background until the store answers.
                 self._tell_outage()
+                self._recheck_later(digest, entry.record)
                 return entry.record
             raise
 
@@ -298,17 +303,17 @@ class Verifier:
                 self._store.get,
                 cached.id,
                 deadline=deadline,
-                quiet=quiet or self._down,
+                quiet=quiet or self._down_since is not None,
             )
         except StoreUnavailable:
             if not self._call_store.closed:
-                self._down = True
+                self._down_since = time.monotonic()
             raise
-        if self._down:
-            self._down = False
+        if self._down_since is not None:
+            self._down_since = None
             if self._told_outage:
                 self._told_outage = False
-                logger.warning(
+                logger.info(
                     "the key store answers again: keys are checked against it again"
                 )
         if record is None or record.revoked_at is not None:
