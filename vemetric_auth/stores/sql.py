@@ -725,12 +725,14 @@ class SQLKeyStore:
             ).all()
             at_cursor = bool(rows) and rows[0].id == cursor
             newer = rows[1:] if at_cursor else rows
-            if len(newer) > limit or not rows:
+            if len(newer) > limit or (cursor and not rows):
                 last = connection.execute(self._last_change).scalar()
         if not rows:
-            # Nothing at the cursor or after it: the log is empty, or it was
-            # recreated and the cursor is not one of its own.
-            return KeyChanges(int(last or 0), (), cursor == 0 and last is None)
+            if cursor == 0:
+                return KeyChanges(0, (), True)  # an empty log
+            # Nothing at the cursor or after it: the log was recreated, and
+            # the cursor is not one of its own.
+            return KeyChanges(int(last or 0), (), False)
         if len(newer) > limit:
             # Too far behind to forget key by key: start afresh at the end.
             return KeyChanges(int(last or 0), (), False)
