@@ -10,6 +10,7 @@ import pytest
 
 from vemetric_auth import (
     ApiKey,
+    ChangeFeedKeyStore,
     InMemoryKeyStore,
     InvalidApiKey,
     KeyManager,
@@ -66,7 +67,8 @@ def test_the_shipped_memory_store_has_every_capability() -> None:
     assert isinstance(store, KeyStore)
     assert isinstance(store, RollingKeyStore)
     assert isinstance(store, UsageRecordingKeyStore)
-    assert set(CAPABILITIES) == {"roll", "record_use"}
+    assert isinstance(store, ChangeFeedKeyStore)
+    assert set(CAPABILITIES) == {"roll", "record_use", "changes"}
 
 
 def test_a_six_method_store_is_a_key_store_without_capabilities() -> None:
@@ -74,6 +76,7 @@ def test_a_six_method_store_is_a_key_store_without_capabilities() -> None:
     assert isinstance(store, KeyStore)
     assert not isinstance(store, RollingKeyStore)
     assert not isinstance(store, UsageRecordingKeyStore)
+    assert not isinstance(store, ChangeFeedKeyStore)
 
 
 def test_a_six_method_store_works_for_what_it_did_before(hasher: Any) -> None:
@@ -163,6 +166,7 @@ class TestSixMethods(KeyStoreContract):
             "SKIPPED * the store lacks the 'roll' capability (RollingKeyStore)",
             "SKIPPED * the store lacks the 'record_use' capability "
             "(UsageRecordingKeyStore)",
+            "SKIPPED * the store lacks the 'changes' capability (ChangeFeedKeyStore)",
         ],
         consecutive=False,
     )
