@@ -475,11 +475,21 @@ def test_a_store_that_hangs_is_503_within_store_timeout_and_heals(
     hanging: HangingStore,
 ) -> None:
     timeout = 0.3
+    # No outage grace: a stale key is not bridged from memory here (see the
+    # outage tests below for that).
     keys = KeyManager(
-        hanging, hasher=CountingHasher(), store_timeout=timeout, cache_ttl=60
+        hanging,
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=60,
+        outage_grace=0,
     )
     stale_keys = KeyManager(
-        hanging, hasher=CountingHasher(), store_timeout=timeout, cache_ttl=0
+        hanging,
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=0,
+        outage_grace=0,
     )
     service, stale_service = Service(keys), Service(stale_keys)
     cached = keys.create(PROJECT, "cached")
@@ -542,7 +552,11 @@ def test_concurrent_requests_for_one_key_on_a_hung_store_are_each_503_in_time(
     database hangs must not pile up the request threads."""
     timeout, requests = 0.25, 6
     keys = KeyManager(
-        hanging, hasher=CountingHasher(), store_timeout=timeout, cache_ttl=0
+        hanging,
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=0,
+        outage_grace=0,  # not bridged from memory
     )
     service = Service(keys)
     issued = keys.create(PROJECT, "popular key")
@@ -699,7 +713,10 @@ def test_no_grace_for_a_key_revoked_before_the_outage(fast_feed: float) -> None:
     issued = here.create(PROJECT, "revoked, then an outage")
     assert_served(service.call(issued.key))
     elsewhere.revoke(issued.record.id)
-    wait_until(lambda: len(here._cache) == 0, within=1.0)
+    wait_until(
+        lambda: all(entry.reread for entry in list(here._cache._entries.values())),
+        within=1.0,
+    )
     store.failing = store.feed_failing = True
     assert_unavailable(service.call(issued.key))
     store.failing = store.feed_failing = False

@@ -145,7 +145,7 @@ def test_the_reader_starts_from_the_head_taken_before_the_first_verification(
     assert order[:2] == ["changes_since(None)", "find_by_prefix"]
 
 
-def test_a_feed_that_missed_changes_clears_the_cache(
+def test_a_feed_that_missed_changes_has_every_cached_key_read_again(
     managers: Callable[..., KeyManager], store: FeedStore
 ) -> None:
     hasher = CountingHasher()
@@ -153,16 +153,40 @@ def test_a_feed_that_missed_changes_clears_the_cache(
     issued = [keys.create("p1", f"n{i}") for i in range(3)]
     for item in issued:
         keys.authenticate(item.key)
-    assert len(keys._cache) == 3
+    gets = store.calls.get("get", 0)
     store.feed_incomplete = True
     deadline = time.monotonic() + BOUND
-    while len(keys._cache):
+    while not all(entry.reread for entry in list(keys._cache._entries.values())):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     store.feed_incomplete = False
+    revoked = issued.pop()
+    InMemoryKeyStore.revoke(  # a change the feed missed
+        store, revoked.record.id, revoked_at=datetime.now(timezone.utc), revoked_by=None
+    )
     for item in issued:
         assert keys.authenticate(item.key) == item.record
-    assert hasher.verifications == 6  # each verified again, once
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(revoked.key)
+    assert store.calls["get"] == gets + 3  # each read again, once
+    assert hasher.verifications == 3  # with no argon2
+
+
+def test_a_changed_key_still_valid_is_read_again_without_argon2(
+    managers: Callable[..., KeyManager], store: FeedStore
+) -> None:
+    hasher = CountingHasher()
+    here = managers(hasher=hasher, cache_ttl=3600)
+    elsewhere = managers()
+    issued = here.create("p1", "n")
+    here.authenticate(issued.key)
+    later = datetime.now(timezone.utc) + timedelta(days=7)
+    elsewhere._rolling.set_expiry(issued.record.id, later)
+    deadline = time.monotonic() + BOUND
+    while here.authenticate(issued.key).expires_at != later:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert hasher.verifications == 1
 
 
 def test_a_failing_feed_is_logged_once_falls_back_to_cache_ttl_and_misses_nothing(
@@ -270,6 +294,34 @@ def test_a_store_without_the_feed_starts_no_reader(
         time.sleep(0.06)
         keys.authenticate(issued.key)  # stale: read on the request path
         assert flaky.calls["get"] == 1
+
+
+def test_the_reader_ends_when_idle_and_what_it_vouched_for_is_read_again(
+    store: FeedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vemetric_auth import _workers
+
+    monkeypatch.setattr(_workers.Workers, "idle_timeout", 0.2)
+    before = set(feed_threads())
+    hasher = CountingHasher()
+    keys = KeyManager(store, hasher=hasher, cache_ttl=3600)
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    assert len(set(feed_threads()) - before) == 1
+    deadline = time.monotonic() + 5
+    while set(feed_threads()) - before:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # No reader: a revocation elsewhere would go unseen, so the key, fresh
+    # for an hour, is read again at its next use, which starts a reader.
+    gets = store.calls.get("get", 0)
+    assert keys.authenticate(issued.key) == issued.record
+    assert store.calls["get"] == gets + 1
+    assert len(set(feed_threads()) - before) == 1
+    keys.authenticate(issued.key)
+    assert store.calls["get"] == gets + 1  # fresh again
+    assert hasher.verifications == 1
+    keys.close()
 
 
 def test_the_reader_ends_on_close_and_when_the_manager_is_dropped(

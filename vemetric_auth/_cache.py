@@ -20,7 +20,14 @@ class Verified:
     :attr:`fresh_until` and :attr:`stamp_due` only: one comparison each.
     """
 
-    __slots__ = ("checked_until", "expires", "fresh_until", "record", "stamp_due")
+    __slots__ = (
+        "checked_until",
+        "expires",
+        "fresh_until",
+        "record",
+        "reread",
+        "stamp_due",
+    )
 
     def __init__(
         self,
@@ -40,6 +47,9 @@ class Verified:
         self.checked_until = checked_until
         #: When the key expires, as of the read; :data:`math.inf`: never.
         self.expires = expires
+        #: The record may have changed since the read (the change feed named
+        #: it, or could not vouch for it): read it again before any use.
+        self.reread = False
         #: When a use of the key is next worth a last-use stamp; 0.0: at
         #: the next use (see :class:`~vemetric_auth._last_use.LastUse`).
         self.stamp_due = 0.0
@@ -59,7 +69,7 @@ class VerifiedKeys:
         self._lock = threading.Lock()
         self._entries: OrderedDict[bytes, Verified] = OrderedDict()
         self._digests: dict[str, bytes] = {}
-        #: Bumped by every :meth:`forget`, :meth:`clear` and :meth:`close`; a
+        #: Bumped by every :meth:`forget`, :meth:`reread` and :meth:`close`; a
         #: put that started before one is dropped, so a revocation can not be
         #: undone by a verification that read the record before it.
         self.generation = 0
@@ -111,21 +121,26 @@ class VerifiedKeys:
             if digest is not None:
                 self._entries.pop(digest, None)
 
-    def forget_many(self, key_ids: Iterable[str]) -> None:
-        """:meth:`forget` each of *key_ids*, under one hold of the lock."""
+    def reread(self, key_ids: Iterable[str]) -> None:
+        """Have the entries of *key_ids* read again before their next use,
+        and drop any put under way. Cheaper than :meth:`forget` for a key
+        that is still valid (its expiry changed): a store read, not argon2.
+        """
         with self._lock:
             self.generation += 1
             for key_id in key_ids:
-                digest = self._digests.pop(key_id, None)
+                digest = self._digests.get(key_id)
                 if digest is not None:
-                    self._entries.pop(digest, None)
+                    entry = self._entries.get(digest)
+                    if entry is not None:
+                        _reread(entry)
 
-    def clear(self) -> None:
-        """Drop every entry, and any put under way."""
+    def reread_all(self) -> None:
+        """:meth:`reread` every entry."""
         with self._lock:
             self.generation += 1
-            self._entries.clear()
-            self._digests.clear()
+            for entry in self._entries.values():
+                _reread(entry)
 
     def close(self) -> None:
         """Drop every entry, and keep none from now on."""
@@ -134,3 +149,10 @@ class VerifiedKeys:
             self.generation += 1
             self._entries.clear()
             self._digests.clear()
+
+
+def _reread(entry: Verified) -> None:
+    # Stale at once, on the request path's one comparison; and its record
+    # no longer stands for an expiry either.
+    entry.reread = True
+    entry.fresh_until = entry.checked_until = -math.inf

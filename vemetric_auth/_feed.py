@@ -8,11 +8,11 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 from ._cache import VerifiedKeys
 from ._fork import reset_in_child
+from ._workers import Workers
+from .stores.base import ChangeFeedKeyStore, ChangeListener
 
 __all__ = ["ChangeFeed", "has_change_feed"]
 
@@ -25,67 +25,45 @@ _LISTEN_SLICE = 0.25
 _RELISTEN_AFTER = 30.0
 
 
-class _Changes(Protocol):
-    """What ``changes_since`` returns (the store's ``KeyChanges``)."""
-
-    @property
-    def cursor(self) -> int: ...
-
-    @property
-    def key_ids(self) -> Sequence[str]: ...
-
-    @property
-    def complete(self) -> bool: ...
-
-
-class _Listener(Protocol):
-    """What a store's ``listen()`` returns: wakes the reader at a change."""
-
-    def wait(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class _FeedStore(Protocol):
-    """A store with a change feed (``ChangeFeedKeyStore``)."""
-
-    def changes_since(self, cursor: int | None) -> _Changes: ...
-
-
 def has_change_feed(store: object) -> bool:
-    """Whether *store* has a change feed: a callable ``changes_since``."""
-    return isinstance(store, _FeedStore) and callable(
-        getattr(store, "changes_since", None)
-    )
+    """Whether *store* has a change feed: a callable ``changes_since`` (its
+    ``listen`` is optional)."""
+    return callable(getattr(store, "changes_since", None))
 
 
 class ChangeFeed:
-    """Reads a store's change feed on a daemon thread and evicts what it names.
+    """Reads a store's change feed on a daemon thread; the keys it names are
+    read again before their next use here.
 
-    Started by the first verification (:meth:`start`), the reader first takes
-    the feed's head, ``changes_since(None)``, and drops anything cached
-    before, so that no entry predates its cursor. Then, every
+    Started by a verification (:meth:`start`), the reader first takes the
+    feed's head, ``changes_since(None)``, and has every key cached before
+    read again, so that no entry predates its cursor. Then, every
     :attr:`_interval` seconds, or at once when the store's listener (its
     optional ``listen()``) says a change came, it reads the changes since its
-    cursor and evicts each key named; a feed that may have missed changes
-    (``complete`` false) clears the whole cache.
+    cursor and marks each key named (see
+    :meth:`~vemetric_auth._cache.VerifiedKeys.reread`: a revoked key is
+    refused at its next use, a re-dated one read with its new expiry, with no
+    argon2). A feed that may have missed changes (``complete`` false) marks
+    them all.
 
     :attr:`confirmed_at` is when the last successful read began: every change
-    committed before then has been evicted. A read that fails is logged once
+    committed before then has been marked. A read that fails is logged once
     at WARNING until one succeeds again; the cursor is kept, so nothing is
     missed, and :attr:`confirmed_at` stays where it was meanwhile, which is
     how the request path knows to fall back to ``cache_ttl``.
 
-    The thread holds the feed weakly: it ends at :meth:`close`, or soon after
-    the manager is dropped.
+    The reader ends at :meth:`stop`, soon after the manager is dropped (it
+    holds the feed weakly), or after :attr:`Workers.idle_timeout
+    <vemetric_auth._workers.Workers.idle_timeout>` seconds in which no
+    request needed more than the cache (:meth:`touch`): every cached key is
+    then read again at its next use, which starts a reader again.
     """
 
     #: Seconds between two reads of the feed (a private setting tests shorten):
     #: twice a second, so that a revocation is seen within one.
     _interval: float = 0.5
 
-    def __init__(self, store: _FeedStore, cache: VerifiedKeys) -> None:
+    def __init__(self, store: ChangeFeedKeyStore, cache: VerifiedKeys) -> None:
         self._store = store
         self._cache = cache
         self._closed = False
@@ -99,17 +77,23 @@ class ChangeFeed:
         self._tried = threading.Event()
         #: Wakes the reader: close().
         self._wake = threading.Event()
+        #: The reader's listener, if it has one, for close() to wake it.
+        self._listener: ChangeListener | None = None
         #: When the last successful read began (monotonic); -inf: none yet.
         self.confirmed_at = -math.inf
         self._failing = False
+        #: When a request last needed more than the cache (monotonic).
+        self._active_at = -math.inf
 
     def _after_fork(self) -> None:
         # The child has no reader, and its cache starts empty: it starts a
         # reader of its own, from a cursor of its own, on its first use.
         self._reset()
 
-    def start(self) -> None:
-        """Start the reader, unless it runs. Cheap when it does."""
+    def touch(self, now: float) -> None:
+        """A request at *now* (monotonic) needed more than the cache: keep
+        reading, or start again."""
+        self._active_at = now
         if self._thread is None:
             self._start_thread()
 
@@ -117,9 +101,10 @@ class ChangeFeed:
         with self._lock:
             if self._thread is not None or self._closed:
                 return
+            self._tried = threading.Event()
             thread = threading.Thread(
                 target=_read_changes,
-                args=(weakref.ref(self), self._store, self._wake, self._interval),
+                args=(weakref.ref(self), self._wake, self._interval),
                 name="vemetric-auth-feed",
                 daemon=True,
             )
@@ -132,15 +117,20 @@ class ChangeFeed:
             self._thread = thread
 
     def wait_tried(self, timeout: float | None) -> None:
-        """Wait at most *timeout* seconds for the first read to be tried."""
-        self._tried.wait(timeout)
+        """Wait at most *timeout* seconds for the running reader's first read
+        to be tried; not at all if no reader runs."""
+        if self._thread is not None:
+            self._tried.wait(timeout)
 
     def stop(self) -> list[threading.Thread]:
         """End the reader; return its thread, for the caller to join."""
         with self._lock:
             self._closed = True
             thread, self._thread = self._thread, None
+            listener = self._listener
         self._wake.set()
+        if listener is not None:
+            _close_quietly(listener)  # returns a wait under way
         return [] if thread is None else [thread]
 
     # -- on the reader thread ------------------------------------------------
@@ -155,14 +145,14 @@ class ChangeFeed:
             if cursor is None or not changes.complete:
                 # A first cursor: nothing cached may predate it. Incomplete:
                 # changes may have been missed.
-                self._cache.clear()
+                self._cache.reread_all()
                 if cursor is not None:
                     logger.info(
                         "the key store's change feed may have missed changes: "
-                        "cleared the cache of verified keys"
+                        "every cached key is read again at its next use"
                     )
             elif changes.key_ids:
-                self._cache.forget_many(changes.key_ids)
+                self._cache.reread(changes.key_ids)
         except Exception:
             if not self._failing:
                 self._failing = True
@@ -182,12 +172,12 @@ class ChangeFeed:
             logger.info("the key store's change feed can be read again")
         return next_cursor
 
-    def _listen(self) -> _Listener | None:
+    def _listen(self) -> ChangeListener | None:
         listen = getattr(self._store, "listen", None)
         if not callable(listen):
             return None
         try:
-            listener: _Listener | None = listen()
+            listener: ChangeListener | None = listen()
         except Exception:
             logger.warning(
                 "could not listen for the key store's changes: reading them "
@@ -196,18 +186,41 @@ class ChangeFeed:
                 exc_info=True,
             )
             return None
+        with self._lock:
+            self._listener = listener
+            closed = self._closed
+        if closed and listener is not None:
+            _close_quietly(listener)
+            return None
         return listener
+
+    def _forget_listener(self) -> None:
+        with self._lock:
+            self._listener = None
+
+    def _stop_if_idle(self) -> bool:
+        """End this reader if no request needed it for a while; return
+        whether it ends."""
+        with self._lock:
+            if self._closed or self._thread is not threading.current_thread():
+                return True
+            if time.monotonic() - self._active_at < Workers.idle_timeout:
+                return False
+            self._thread = None
+            self._listener = None
+            # Nothing is vouched for while no reader runs: what is cached is
+            # read again at its next use, which starts a reader.
+            self.confirmed_at = -math.inf
+            self._cache.reread_all()
+            return True
 
 
 def _read_changes(
-    ref: weakref.ReferenceType[ChangeFeed],
-    store: _FeedStore,
-    wake: threading.Event,
-    interval: float,
+    ref: weakref.ReferenceType[ChangeFeed], wake: threading.Event, interval: float
 ) -> None:
     """The reader thread: holds its feed only while it reads."""
     cursor: int | None = None
-    listener: _Listener | None = None
+    listener: ChangeListener | None = None
     listen_at = 0.0  # when to ask the store for a listener
     try:
         while True:
@@ -216,6 +229,8 @@ def _read_changes(
                 return
             started = time.monotonic()
             cursor = feed._read(cursor)
+            if feed._stop_if_idle():
+                return
             if listener is None and cursor is not None and started >= listen_at:
                 listener = feed._listen()
                 listen_at = started + _RELISTEN_AFTER
@@ -240,6 +255,10 @@ def _read_changes(
                     )
                     _close_quietly(listener)
                     listener = None
+                    feed = ref()
+                    if feed is not None:
+                        feed._forget_listener()
+                        del feed
                     break
                 if ref() is None:
                     return
@@ -248,7 +267,7 @@ def _read_changes(
             _close_quietly(listener)
 
 
-def _close_quietly(listener: _Listener) -> None:
+def _close_quietly(listener: ChangeListener) -> None:
     try:
         listener.close()
     except Exception:

@@ -96,10 +96,13 @@ class Verifier:
         :raises StoreUnavailable: the store failed or did not answer within
             its timeout, or argon2 could not run.
         """
+        now = time.monotonic()
+        if self._feed is not None:
+            self._feed.touch(now)
         entry = self._cache.get(digest)
         if entry is not None:
             # A stale entry the feed vouches for needs no turn: served at once.
-            record = self._from_memory(digest, entry, time.monotonic())
+            record = self._from_memory(digest, entry, now)
             if record is not None:
                 self._last_use.note(record.id, time.monotonic())
                 return record
@@ -123,10 +126,13 @@ class Verifier:
                 if now < entry.fresh_until:
                     record = entry.record
                 elif now < entry.checked_until or (
-                    now >= entry.expires and self._stands(now)
+                    now >= entry.expires
+                    and not entry.reread
+                    and self._is_down()
+                    and self._stands(now)
                 ):
-                    # Expired, and its record stands (read less than cache_ttl
-                    # ago, vouched for by the feed, or an outage in its grace).
+                    # Expired, and its record stands: read less than cache_ttl
+                    # ago, or the store is down and no change could be made.
                     logger.info(
                         "rejected expired key %s (%s)",
                         entry.record.id,
@@ -166,8 +172,8 @@ class Verifier:
         background. ``None``: the caller reads it again."""
         if now < entry.fresh_until:
             return entry.record  # made fresh meanwhile
-        if now < entry.checked_until or now >= entry.expires:
-            return None  # expired: the caller says so
+        if now < entry.checked_until or now >= entry.expires or entry.reread:
+            return None  # expired, or to be read again: the caller does
         if self._stands(now):
             self._recheck_later(digest, entry.record)
             return entry.record
@@ -180,10 +186,8 @@ class Verifier:
         feed = self._feed
         if feed is not None:
             # Nothing may be cached before the feed's first cursor (it would
-            # miss changes made in between): wait for the reader's first read,
-            # once. Should it fail, what is cached is dropped at its first
-            # success.
-            feed.start()
+            # miss changes made in between): wait for the reader's first read.
+            # Should it fail, what is cached is read again at its first success.
             feed.wait_tried(None if deadline is None else deadline - time.monotonic())
         generation = self._cache.generation
         # Freshness counts from the read, not from the end of the verification.
@@ -257,7 +261,7 @@ class Verifier:
             return self._recheck(digest, entry.record, deadline)
         except StoreUnavailable:
             now = time.monotonic()
-            if now < entry.expires and self._stands(now):
+            if now < entry.expires and not entry.reread and self._stands(now):
                 # Down (just found so), in the grace: served from memory, and
                 # re-read in the background until the store answers.
                 self._tell_outage()
