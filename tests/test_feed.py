@@ -3,8 +3,9 @@ rolled or re-dated by another manager on the same store is refused here
 within a second whatever ``cache_ttl`` is; a feed that fails falls back to
 ``cache_ttl``; a store without a feed works as before.
 
-The store here is :class:`feed_store.FeedStore`, an in-memory store with a
-feed; across real processes and databases, see ``tests/test_revocation.py``.
+Most tests use :class:`feed_store.FeedStore`, an in-memory store with a feed
+and switches to break it; the last ones run real gunicorn workers on SQLite
+and on PostgreSQL, and cut a PostgreSQL listener off.
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ import gc
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import bench_revocation_lag
+import loadkit
 import pytest
+import sqlalchemy as sa
 from conftest import CountingHasher, FlakyStore
 from feed_store import FeedStore
+from servers.plugin import require
 
-from vemetric_auth import InMemoryKeyStore, InvalidApiKey, KeyManager
+from vemetric_auth import InMemoryKeyStore, InvalidApiKey, KeyManager, SQLKeyStore
 from vemetric_auth._feed import ChangeFeed, has_change_feed
 
 #: What the SPEC promises: refused everywhere within this many seconds.
@@ -356,3 +363,110 @@ def test_the_listener_is_closed_with_the_manager(store: FeedStore) -> None:
         time.sleep(0.01)
     keys.close()
     assert [listener.closed for listener in listening.listeners] == [True]
+
+
+# -- across real processes and databases -------------------------------------------
+
+
+def sql_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        if not server.is_running():
+            server.start()
+        url: str = server.create_database(f"feed_{uuid.uuid4().hex[:12]}")
+        return url
+    return f"sqlite:///{tmp_path / 'feed.db'}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param(bench_revocation_lag.SQLITE, id="sqlite-1x4-workers"),
+        pytest.param(
+            bench_revocation_lag.POSTGRESQL,
+            id="postgresql-2x2-workers",
+            marks=pytest.mark.postgres,
+        ),
+    ],
+)
+def test_a_revocation_through_the_cli_is_refused_by_every_worker_within_a_second(
+    layout: bench_revocation_lag.Layout,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """gunicorn workers (one server on SQLite, two on PostgreSQL) with
+    cache_ttl=3600 all accept a key; ``vemetric-auth revoke`` in another
+    process; every worker refuses it within a second of the command's return.
+    (The figures over 50 trials: benchmarks/bench_revocation_lag.py.)"""
+    require(loadkit.gunicorn_available(), "gunicorn is not installed")
+    url = sql_database(layout.backend, request, tmp_path)
+    lags = bench_revocation_lag.measure(
+        layout,
+        url,
+        tmp_path / "servers",
+        trials=3,
+        cache_ttl=3600,
+        feed=True,
+        timeout=10,
+    )
+    assert max(lags) < BOUND + 0.5, lags  # slack for a loaded 2-core machine
+
+
+@pytest.mark.postgres
+def test_a_listener_cut_off_reconnects_and_misses_no_revocation(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL ends the listener's session; a revocation made meanwhile is
+    still refused within a second (the change log is read again), and the
+    listener listens again."""
+    monkeypatch.setattr(ChangeFeed, "_interval", 30.0)  # only a wake reads early
+    server = request.getfixturevalue("postgres_server")
+    if not server.is_running():
+        server.start()
+    url = server.create_database(f"listen_{uuid.uuid4().hex[:12]}")
+    here_store, elsewhere_store = SQLKeyStore(url), SQLKeyStore(url)
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    here = KeyManager(here_store, hasher=CountingHasher(), cache_ttl=3600)
+    elsewhere = KeyManager(elsewhere_store, hasher=CountingHasher())
+    try:
+        first, second = (
+            elsewhere.create("p1", "first"),
+            elsewhere.create("p1", "second"),
+        )
+        here.authenticate(first.key)
+        here.authenticate(second.key)
+
+        def listeners() -> list[int]:
+            with admin.connect() as connection:
+                rows = connection.exec_driver_sql(
+                    "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%%'"
+                ).all()
+            return [row[0] for row in rows]
+
+        deadline = time.monotonic() + 10
+        while not listeners():
+            assert time.monotonic() < deadline, "no LISTEN session"
+            time.sleep(0.05)
+        elsewhere.revoke(first.record.id)  # woken by its NOTIFY
+        refused_within(here, first.key, BOUND)
+
+        with admin.connect() as connection:
+            for pid in listeners():
+                connection.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        elsewhere.revoke(second.record.id)  # its NOTIFY may be lost
+        refused_within(here, second.key, BOUND + 1.0)
+        deadline = time.monotonic() + 10
+        while not listeners():  # listening again
+            assert time.monotonic() < deadline, "did not listen again"
+            time.sleep(0.05)
+        third = elsewhere.create("p1", "third")
+        here.authenticate(third.key)
+        elsewhere.revoke(third.record.id)
+        refused_within(here, third.key, BOUND)
+    finally:
+        here.close()
+        elsewhere.close()
+        here_store.close()
+        elsewhere_store.close()
+        admin.dispose()
