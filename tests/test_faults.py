@@ -969,8 +969,14 @@ def test_postgresql_frozen_is_503_within_store_timeout_and_recovers_on_sigcont(
     timeout, ttl = 1.0, 2.5
     # The store's own timeouts (5 s) can not help: a frozen server never
     # starts the statement, and the kernel still acknowledges every packet.
+    # outage_grace=0: once stale, the cached key is not bridged from memory
+    # (see the test after this one for that).
     keys = KeyManager(
-        pg_stores(), hasher=CountingHasher(), store_timeout=timeout, cache_ttl=ttl
+        pg_stores(),
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=ttl,
+        outage_grace=0,
     )
     service = Service(keys)
     uncached = keys.create(PROJECT, "never used")
@@ -1013,6 +1019,51 @@ def test_postgresql_frozen_is_503_within_store_timeout_and_recovers_on_sigcont(
         fresh.authenticate(revoked.key)
     _assert_created_whole_or_not_at_all(creating, "created during the freeze", fresh)
     _assert_revoked_whole_or_not_at_all(revoking, to_revoke, fresh)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fault", ["stopped", "frozen"])
+def test_postgresql_down_serves_keys_verified_before_for_outage_grace(
+    postgres_server: Any,
+    pg_stores: Callable[..., SQLKeyStore],
+    fault: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ChangeFeed, "_interval", 0.1)
+    timeout, ttl, grace = 1.0, 0.5, 4.0
+    keys = KeyManager(
+        pg_stores(connect_timeout=1),
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=ttl,
+        outage_grace=grace,
+    )
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    uncached = keys.create(PROJECT, "never used")
+    assert_served(service.call(cached.key))
+    with contextlib.ExitStack() as outage:
+        if fault == "stopped":
+            postgres_server.stop("fast")
+            outage.callback(postgres_server.start)
+        else:
+            outage.enter_context(frozen(postgres_server))
+        down_at = time.monotonic()
+        time.sleep(ttl + 0.2)  # stale, and the feed can not be read
+        served = [service.timed_call(cached.key) for _ in range(5)]
+        for response, _ in served:
+            assert_served(response)
+        # At most the first waits for the store, once.
+        assert sorted(elapsed for _, elapsed in served)[-2] < 0.3
+        assert_unavailable(service.call(uncached.key))
+        time.sleep(max(0.0, down_at + grace - time.monotonic()) + 0.3)
+        assert_unavailable(service.call(cached.key))  # bounded
+    deadline = time.monotonic() + 30
+    while service.call(cached.key).status_code != 200:  # recovers by itself
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert_served(service.call(uncached.key))
+    keys.close()
 
 
 @pytest.mark.postgres

@@ -24,6 +24,9 @@ __all__ = ["Verifier"]
 
 logger = logging.getLogger("vemetric_auth")
 
+#: Seconds a first use waits for a starting reader's first read of the feed.
+_FIRST_READ_WAIT = 0.5
+
 
 class Verifier:
     """Verifies keys against the store and argon2, and caches those verified.
@@ -186,9 +189,13 @@ class Verifier:
         feed = self._feed
         if feed is not None:
             # Nothing may be cached before the feed's first cursor (it would
-            # miss changes made in between): wait for the reader's first read.
-            # Should it fail, what is cached is read again at its first success.
-            feed.wait_tried(None if deadline is None else deadline - time.monotonic())
+            # miss changes made in between): wait a little for the reader's
+            # first read. Should it take longer, or fail, what is cached is
+            # read again at its first success.
+            wait = _FIRST_READ_WAIT
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+            feed.wait_tried(wait)
         generation = self._cache.generation
         # Freshness counts from the read, not from the end of the verification.
         # The monotonic clock is read first: an expiry carried over from the
