@@ -688,6 +688,29 @@ def test_an_outage_of_a_hanging_store_costs_one_timeout_then_answers_from_memory
     keys.close()
 
 
+def test_an_outage_longer_than_the_idle_timeout_keeps_the_reader_and_its_grace(
+    fast_feed: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key served from the cache alone needs no request to reach the
+    reader; a reader that can not read stays all the same, so that what it
+    read before still vouches for the cache."""
+    from vemetric_auth import _workers
+
+    monkeypatch.setattr(_workers.Workers, "idle_timeout", 0.2)
+    store = FeedStore()
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=1.0, outage_grace=30)
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    assert_served(service.call(cached.key))
+    store.failing = store.feed_failing = True
+    time.sleep(1.5)  # idle, past cache_ttl
+    assert keys._feed is not None and keys._feed._thread is not None
+    for _ in range(3):
+        assert_served(service.call(cached.key))
+    store.failing = store.feed_failing = False
+    keys.close()
+
+
 def test_outage_grace_zero_is_503_once_stale(fast_feed: float) -> None:
     store = FeedStore()
     keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=0.2, outage_grace=0)

@@ -49,7 +49,8 @@ class Argon2Threads:
     in turn (see :class:`~vemetric_auth._fair.FairWorkers`). A flood of
     wrong secrets for one prefix then delays the first verification of
     another key by about one argon2 run, not by the whole flood. A caller
-    waits until its deadline at most.
+    waits for a thread until its deadline at most; a run that started is
+    waited for (it ends by itself).
 
     The functions run on the threads return every outcome as a value, never
     as an exception: an exception raised in argon2 carries argon2's frames,

@@ -55,8 +55,9 @@ class ChangeFeed:
     The reader ends at :meth:`stop`, soon after the manager is dropped (it
     holds the feed weakly), or after :attr:`Workers.idle_timeout
     <vemetric_auth._workers.Workers.idle_timeout>` seconds in which no
-    request needed more than the cache (:meth:`touch`): every cached key is
-    then read again at its next use, which starts a reader again.
+    request needed more than the cache (:meth:`touch`), unless its reads
+    fail: every cached key is then read again at its next use, which starts
+    a reader again.
     """
 
     #: Seconds between two reads of the feed (a private setting tests shorten):
@@ -204,7 +205,11 @@ class ChangeFeed:
         with self._lock:
             if self._closed or self._thread is not threading.current_thread():
                 return True
-            if time.monotonic() - self._active_at < Workers.idle_timeout:
+            if self._failing or time.monotonic() - self._active_at < (
+                Workers.idle_timeout
+            ):
+                # Busy; or failing: the outage grace counts from the last read
+                # of this reader, which must stay to vouch for the cache.
                 return False
             self._thread = None
             self._listener = None
