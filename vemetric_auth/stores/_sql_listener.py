@@ -168,7 +168,8 @@ class PostgresChangeListener:
         """Make the connection and LISTEN; return whether it worked."""
         try:
             proxied = self._engine.raw_connection()
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, psycopg.Error, OSError) as error:
+            # The pool raises the driver's own errors when it connects.
             self._log_failure(error)
             return False
         try:
