@@ -4,7 +4,12 @@ A backend is any class with the six methods of ``vemetric_auth.KeyStore``.
 This one also has the methods of the optional protocols the key lifecycle
 needs: ``set_expiry`` and ``roll`` (``vemetric_auth.RollingKeyStore``, for
 ``KeyManager.roll``) and ``record_use`` (``vemetric_auth.UsageRecordingKeyStore``,
-for ``ApiKey.last_used_at``). It imports nothing private, and proves itself
+for ``ApiKey.last_used_at``). It has no change feed
+(``vemetric_auth.ChangeFeedKeyStore``): it serves one process, whose manager
+forgets a key it revokes at once; a store shared by processes implements
+``changes_since`` (and ``listen``, returning ``None`` to be polled) so that
+the others refuse a revoked key within a second, not after ``cache_ttl``.
+It imports nothing private, and proves itself
 with the contract tests the shipped stores pass, those of the optional
 methods included (``tests/test_examples.py`` runs them on this one)::
 

@@ -20,7 +20,7 @@ import time
 from typing import Any, cast
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.pq.abc import PGconn
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -58,9 +58,7 @@ class PostgresChangeListener:
         self._engine = engine
         self._channel = channel
         # Quoted: LISTEN folds an unquoted name to lower case; pg_notify does not.
-        self._listen = psycopg.sql.SQL("LISTEN {}").format(
-            psycopg.sql.Identifier(channel)
-        )
+        self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
         self._state = threading.Lock()
         self._closed = threading.Event()
         self._waiting = False
