@@ -115,8 +115,9 @@ class PostgresChangeListener:
                 self._release()
 
     def close(self) -> None:
-        """Stop listening and close the connection; a wait in progress returns
-        ``False`` at once. Idempotent."""
+        """Stop listening and close the connection. A wait in progress returns
+        ``False`` at once (or, if it is connecting, once connected or
+        failed). Idempotent."""
         with self._state:
             if self._closed.is_set():
                 return
@@ -135,7 +136,8 @@ class PostgresChangeListener:
             now = time.monotonic()
             if now >= self._next_attempt:
                 if self._connect():
-                    return True
+                    # A change may have come before it listened: read now.
+                    return not self._closed.is_set()
                 self._next_attempt = now + _RETRY_INTERVAL
             # Not listening: the reader polls, about once a second.
             self._sleep(min(deadline, self._next_attempt) - time.monotonic())
