@@ -234,3 +234,68 @@ class TestClaimsTooMuch(KeyStoreContract):
         [message, "FAILED *test_declared_capabilities_are_implemented*"],
         consecutive=False,
     )
+
+
+def test_the_contract_catches_a_feed_that_misses_a_change(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import dataclasses
+        import pytest
+        from vemetric_auth import InMemoryKeyStore
+        from vemetric_auth.testing import KeyStoreContract
+
+        class LossyFeed(InMemoryKeyStore):
+            def changes_since(self, cursor):
+                changes = super().changes_since(cursor)
+                return dataclasses.replace(changes, key_ids=changes.key_ids[1:])
+
+        class TestLossyFeed(KeyStoreContract):
+            @pytest.fixture
+            def store(self):
+                return LossyFeed()
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] >= 3
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED *test_a_revocation_is_read_once_after_the_cursor*",
+            "FAILED *test_a_reader_polling_while_many_threads_revoke_misses_none*",
+        ],
+        consecutive=False,
+    )
+
+
+def test_a_feed_without_listen_is_not_the_capability(
+    pytester: pytest.Pytester,
+) -> None:
+    # listen() is part of the protocol: a store that can not push returns None.
+    pytester.makepyfile(
+        _SIX_METHOD_STORE
+        + """
+import pytest
+from vemetric_auth.testing import KeyStoreContract
+
+class PollOnly(SixMethodStore):
+    def changes_since(self, cursor):
+        return self._inner.changes_since(cursor)
+
+class TestPollOnly(KeyStoreContract):
+    capabilities = frozenset({"changes"})
+
+    @pytest.fixture
+    def store(self):
+        return PollOnly()
+"""
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        [
+            "*declares 'changes' but lacks the methods of ChangeFeedKeyStore*",
+            "FAILED *test_declared_capabilities_are_implemented*",
+        ],
+        consecutive=False,
+    )

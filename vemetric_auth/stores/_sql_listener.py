@@ -20,7 +20,7 @@ import time
 from typing import Any, cast
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.pq.abc import PGconn
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -58,9 +58,7 @@ class PostgresChangeListener:
         self._engine = engine
         self._channel = channel
         # Quoted: LISTEN folds an unquoted name to lower case; pg_notify does not.
-        self._listen = psycopg.sql.SQL("LISTEN {}").format(
-            psycopg.sql.Identifier(channel)
-        )
+        self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
         self._state = threading.Lock()
         self._closed = threading.Event()
         self._waiting = False
@@ -117,8 +115,9 @@ class PostgresChangeListener:
                 self._release()
 
     def close(self) -> None:
-        """Stop listening and close the connection; a wait in progress returns
-        ``False`` at once. Idempotent."""
+        """Stop listening and close the connection. A wait in progress returns
+        ``False`` at once (or, if it is connecting, once connected or
+        failed). Idempotent."""
         with self._state:
             if self._closed.is_set():
                 return
@@ -137,7 +136,8 @@ class PostgresChangeListener:
             now = time.monotonic()
             if now >= self._next_attempt:
                 if self._connect():
-                    return True
+                    # A change may have come before it listened: read now.
+                    return not self._closed.is_set()
                 self._next_attempt = now + _RETRY_INTERVAL
             # Not listening: the reader polls, about once a second.
             self._sleep(min(deadline, self._next_attempt) - time.monotonic())
@@ -168,7 +168,8 @@ class PostgresChangeListener:
         """Make the connection and LISTEN; return whether it worked."""
         try:
             proxied = self._engine.raw_connection()
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, psycopg.Error, OSError) as error:
+            # The pool raises the driver's own errors when it connects.
             self._log_failure(error)
             return False
         try:
