@@ -624,6 +624,15 @@ def wait_until(condition: Callable[[], bool], within: float) -> None:
         time.sleep(0.01)
 
 
+def wait_vouched(keys: KeyManager) -> None:
+    """Until the change feed vouches for every key cached: those verified
+    before its first read are read again first (in the background)."""
+    wait_until(
+        lambda: all(entry.vouched for entry in list(keys._cache._entries.values())),
+        within=5,
+    )
+
+
 def test_an_outage_serves_keys_verified_before_for_outage_grace_new_keys_503(
     fast_feed: float, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -634,6 +643,7 @@ def test_an_outage_serves_keys_verified_before_for_outage_grace_new_keys_503(
     cached = keys.create(PROJECT, "verified before")
     uncached = keys.create(PROJECT, "never used")
     assert_served(service.call(cached.key))
+    wait_vouched(keys)
 
     store.failing = store.feed_failing = True  # the database is gone
     down_at = time.monotonic()
@@ -666,6 +676,7 @@ def test_an_outage_of_a_hanging_store_costs_one_timeout_then_answers_from_memory
     cached = keys.create(PROJECT, "verified before")
     uncached = keys.create(PROJECT, "never used")
     assert_served(service.call(cached.key))
+    wait_vouched(keys)
     store.feed_failing = True
     store.hanging.clear()  # every key store call blocks
     try:
@@ -702,6 +713,7 @@ def test_an_outage_longer_than_the_idle_timeout_keeps_the_reader_and_its_grace(
     service = Service(keys)
     cached = keys.create(PROJECT, "verified before")
     assert_served(service.call(cached.key))
+    wait_vouched(keys)
     store.failing = store.feed_failing = True
     time.sleep(1.5)  # idle, past cache_ttl
     assert keys._feed is not None
@@ -756,6 +768,7 @@ def test_an_expired_key_is_refused_during_an_outage(fast_feed: float) -> None:
     soon = datetime.now(timezone.utc) + timedelta(seconds=0.4)
     issued = keys.create(PROJECT, "expires soon", expires_at=soon)
     assert_served(service.call(issued.key))
+    wait_vouched(keys)
     store.failing = store.feed_failing = True
     time.sleep(0.2)
     assert_served(service.call(issued.key))  # stale, in the grace, unexpired
@@ -1066,6 +1079,7 @@ def test_postgresql_down_serves_keys_verified_before_for_outage_grace(
     cached = keys.create(PROJECT, "verified before")
     uncached = keys.create(PROJECT, "never used")
     assert_served(service.call(cached.key))
+    wait_vouched(keys)
     with contextlib.ExitStack() as outage:
         if fault == "stopped":
             postgres_server.stop("fast")

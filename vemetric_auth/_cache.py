@@ -27,6 +27,7 @@ class Verified:
         "record",
         "reread",
         "stamp_due",
+        "vouched",
     )
 
     def __init__(
@@ -50,6 +51,10 @@ class Verified:
         #: The record may have changed since the read (the change feed named
         #: it, or could not vouch for it): read it again before any use.
         self.reread = False
+        #: The change feed may vouch for the record once it is stale: the
+        #: feed read it from before the record was read. Never served stale
+        #: if not (see :class:`~vemetric_auth._verifier.Verifier`).
+        self.vouched = True
         #: When a use of the key is next worth a last-use stamp; 0.0: at
         #: the next use (see :class:`~vemetric_auth._last_use.LastUse`).
         self.stamp_due = 0.0
@@ -69,10 +74,14 @@ class VerifiedKeys:
         self._lock = threading.Lock()
         self._entries: OrderedDict[bytes, Verified] = OrderedDict()
         self._digests: dict[str, bytes] = {}
-        #: Bumped by every :meth:`forget`, :meth:`reread` and :meth:`close`; a
+        #: Bumped by :meth:`forget`, :meth:`reread`, :meth:`reread_all` and
+        #: :meth:`close`; a
         #: put that started before one is dropped, so a revocation can not be
         #: undone by a verification that read the record before it.
         self.generation = 0
+        #: Bumped by every :meth:`unvouch_all`; a put that started before one
+        #: is not vouched for either.
+        self.epoch = 0
         self._closed = False
         reset_in_child(self)
 
@@ -100,12 +109,20 @@ class VerifiedKeys:
                 pass
         return entry
 
-    def put(self, digest: bytes, entry: Verified, generation: int) -> None:
-        """Remember *entry*, unless :attr:`generation` moved on since the
-        caller read it."""
+    def seen(self) -> tuple[int, int]:
+        """What :meth:`put` is given: :attr:`generation` and :attr:`epoch`,
+        read before the record was."""
+        return self.generation, self.epoch
+
+    def put(self, digest: bytes, entry: Verified, seen: tuple[int, int]) -> None:
+        """Remember *entry*, unless :attr:`generation` moved on since *seen*
+        was taken; not vouched for if :attr:`epoch` did."""
+        generation, epoch = seen
         with self._lock:
             if generation != self.generation or self._closed:
                 return
+            if epoch != self.epoch:
+                entry.vouched = False
             self._entries[digest] = entry
             self._entries.move_to_end(digest)
             self._digests[entry.record.id] = digest
@@ -135,8 +152,27 @@ class VerifiedKeys:
                     if entry is not None:
                         _reread(entry)
 
+    def unvouch_all(self) -> None:
+        """Have every entry, and any put under way, served until its
+        ``cache_ttl`` runs out and then read again, as without a feed: the
+        feed did not see what came before its first read."""
+        with self._lock:
+            self.epoch += 1
+            for entry in self._entries.values():
+                entry.vouched = False
+
+    def unvouched(self) -> list[tuple[bytes, Verified]]:
+        """The entries not vouched for (nor to be read again anyway)."""
+        with self._lock:
+            return [
+                (digest, entry)
+                for digest, entry in self._entries.items()
+                if not entry.vouched and not entry.reread
+            ]
+
     def reread_all(self) -> None:
-        """:meth:`reread` every entry."""
+        """Have every entry read again before its next use, and drop any put
+        under way."""
         with self._lock:
             self.generation += 1
             for entry in self._entries.values():

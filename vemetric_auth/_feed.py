@@ -8,6 +8,7 @@ import math
 import threading
 import time
 import weakref
+from collections.abc import Callable
 
 from ._cache import VerifiedKeys
 from ._fork import reset_in_child
@@ -35,12 +36,13 @@ class ChangeFeed:
     """Reads a store's change feed on a daemon thread; the keys it names are
     read again before their next use here.
 
-    Started by a verification (:meth:`start`), the reader first takes the
-    feed's head, ``changes_since(None)``, and has every key cached before
-    read again, so that no entry predates its cursor. Then, every
-    :attr:`_interval` seconds, or at once when the store's listener (its
-    optional ``listen()``) says a change came, it reads the changes since its
-    cursor and marks each key named (see
+    Started by a verification (:meth:`touch`), the reader first takes the
+    feed's head, ``changes_since(None)``: the feed vouches for no entry
+    cached before (see :meth:`~vemetric_auth._cache.VerifiedKeys.unvouch_all`),
+    and has them read again (:meth:`set_first_read_callback`).
+    Then, every :attr:`_interval` seconds, or at once when the store's
+    listener (its optional ``listen()``) says a change came, it reads the
+    changes since its cursor and marks each key named (see
     :meth:`~vemetric_auth._cache.VerifiedKeys.reread`: a revoked key is
     refused at its next use, a re-dated one read with its new expiry, with no
     argon2). A feed that may have missed changes (``complete`` false) marks
@@ -67,6 +69,7 @@ class ChangeFeed:
     def __init__(self, store: ChangeFeedKeyStore, cache: VerifiedKeys) -> None:
         self._store = store
         self._cache = cache
+        self._on_first_read: weakref.WeakMethod[Callable[[], object]] | None = None
         self._closed = False
         self._reset()
         reset_in_child(self)
@@ -74,8 +77,6 @@ class ChangeFeed:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        #: Set once the first read has been tried, whatever came of it.
-        self._tried = threading.Event()
         #: Wakes the reader: close().
         self._wake = threading.Event()
         #: The reader's listener, if it has one, for close() to wake it.
@@ -91,6 +92,11 @@ class ChangeFeed:
         # reader of its own, from a cursor of its own, on its first use.
         self._reset()
 
+    def set_first_read_callback(self, method: Callable[[], object]) -> None:
+        """Have the bound *method* called after each first read of a reader
+        (held weakly: its object holds this feed)."""
+        self._on_first_read = weakref.WeakMethod(method)
+
     def touch(self, now: float) -> None:
         """A request at *now* (monotonic) needed more than the cache: keep
         reading, or start again."""
@@ -102,7 +108,6 @@ class ChangeFeed:
         with self._lock:
             if self._thread is not None or self._closed:
                 return
-            self._tried = threading.Event()
             thread = threading.Thread(
                 target=_read_changes,
                 args=(weakref.ref(self), self._wake, self._interval),
@@ -116,12 +121,6 @@ class ChangeFeed:
                 logger.warning("could not start the change feed thread", exc_info=True)
                 return
             self._thread = thread
-
-    def wait_tried(self, timeout: float | None) -> None:
-        """Wait at most *timeout* seconds for the running reader's first read
-        to be tried; not at all if no reader runs."""
-        if self._thread is not None:
-            self._tried.wait(timeout)
 
     def stop(self) -> list[threading.Thread]:
         """End the reader; return its thread, for the caller to join."""
@@ -137,21 +136,22 @@ class ChangeFeed:
     # -- on the reader thread ------------------------------------------------
 
     def _read(self, cursor: int | None) -> int | None:
-        """Read the changes after *cursor* and evict them; return the new
+        """Read the changes after *cursor* and mark them; return the new
         cursor, or *cursor* if the read failed."""
         started = time.monotonic()
         try:
             changes = self._store.changes_since(cursor)
             next_cursor = changes.cursor
-            if cursor is None or not changes.complete:
-                # A first cursor: nothing cached may predate it. Incomplete:
-                # changes may have been missed.
+            if cursor is None:
+                # A first cursor: it vouches for nothing cached before.
+                self._cache.unvouch_all()
+            elif not changes.complete:
+                # Changes may have been missed.
                 self._cache.reread_all()
-                if cursor is not None:
-                    logger.info(
-                        "the key store's change feed may have missed changes: "
-                        "every cached key is read again at its next use"
-                    )
+                logger.info(
+                    "the key store's change feed may have missed changes: "
+                    "every cached key is read again at its next use"
+                )
             elif changes.key_ids:
                 self._cache.reread(changes.key_ids)
         except Exception:
@@ -166,8 +166,10 @@ class ChangeFeed:
             return cursor
         else:
             self.confirmed_at = started
-        finally:
-            self._tried.set()
+        if cursor is None and self._on_first_read is not None:
+            callback = self._on_first_read()
+            if callback is not None:
+                callback()
         if self._failing:
             self._failing = False
             logger.info("the key store's change feed can be read again")

@@ -24,9 +24,6 @@ __all__ = ["Verifier"]
 
 logger = logging.getLogger("vemetric_auth")
 
-#: Seconds a first use waits for a starting reader's first read of the feed.
-_FIRST_READ_WAIT = 0.5
-
 
 class Verifier:
     """Verifies keys against the store and argon2, and caches those verified.
@@ -77,6 +74,8 @@ class Verifier:
         self._cache_ttl = cache_ttl
         self._last_use = last_use
         self._feed = feed
+        if feed is not None:
+            feed.set_first_read_callback(self._read_unvouched_again)
         self._outage_grace = outage_grace
         self._turns = KeyTurns()
         #: When a re-read of a known key last failed (monotonic), if none
@@ -130,6 +129,7 @@ class Verifier:
                     record = entry.record
                 elif now < entry.checked_until or (
                     now >= entry.expires
+                    and entry.vouched
                     and not entry.reread
                     and self._is_down()
                     and self._stands(now)
@@ -175,7 +175,12 @@ class Verifier:
         background. ``None``: the caller reads it again."""
         if now < entry.fresh_until:
             return entry.record  # made fresh meanwhile
-        if now < entry.checked_until or now >= entry.expires or entry.reread:
+        if (
+            now < entry.checked_until
+            or now >= entry.expires
+            or entry.reread
+            or not entry.vouched
+        ):
             return None  # expired, or to be read again: the caller does
         if self._stands(now):
             self._recheck_later(digest, entry.record)
@@ -186,17 +191,9 @@ class Verifier:
         self, secret: Secret, digest: bytes, deadline: float | None
     ) -> ApiKey:
         prefix = display_prefix(secret.value)
-        feed = self._feed
-        if feed is not None:
-            # Nothing may be cached before the feed's first cursor (it would
-            # miss changes made in between): wait a little for the reader's
-            # first read. Should it take longer, or fail, what is cached is
-            # read again at its first success.
-            wait = _FIRST_READ_WAIT
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-            feed.wait_tried(wait)
-        generation = self._cache.generation
+        # Cached before the feed's first read, an entry is not vouched for
+        # by the feed (see ChangeFeed): it did not see what came before.
+        seen = self._cache.seen()
         # Freshness counts from the read, not from the end of the verification.
         # The monotonic clock is read first: an expiry carried over from the
         # wall clock then falls a hair early, never late.
@@ -256,7 +253,12 @@ class Verifier:
         if _expired(record):  # while argon2 ran
             logger.info("rejected expired key %s (%s)", record.id, prefix)
             raise InvalidApiKey()
-        self._cache.put(digest, self._entry(record, read_at, wall_at), generation)
+        entry = self._entry(record, read_at, wall_at)
+        self._cache.put(digest, entry, seen)
+        feed = self._feed
+        if not entry.vouched and feed is not None and feed.confirmed_at > -math.inf:
+            # Read before the feed's first read, which came meanwhile.
+            self._recheck_later(digest, record)
         logger.debug("authenticated key %s (%s)", record.id, prefix)
         return record
 
@@ -268,13 +270,24 @@ class Verifier:
             return self._recheck(digest, entry.record, deadline)
         except StoreUnavailable:
             now = time.monotonic()
-            if now < entry.expires and not entry.reread and self._stands(now):
+            if (
+                now < entry.expires
+                and entry.vouched
+                and not entry.reread
+                and self._stands(now)
+            ):
                 # Down (just found so), in the grace: served from memory, and
                 # re-read in the background until the store answers.
                 self._tell_outage()
                 self._recheck_later(digest, entry.record)
                 return entry.record
             raise
+
+    def _read_unvouched_again(self) -> None:
+        """The feed's first read is done: read again, in the background, the
+        keys cached before it, so that it vouches for them too."""
+        for digest, entry in self._cache.unvouched():
+            self._recheck_later(digest, entry.record)
 
     def _recheck_later(self, digest: bytes, cached: ApiKey) -> None:
         """Re-read *cached* on a background thread, unless one does already."""
@@ -305,7 +318,7 @@ class Verifier:
         *,
         quiet: bool = False,
     ) -> ApiKey:
-        generation = self._cache.generation
+        seen = self._cache.seen()
         read_at = time.monotonic()
         wall_at = datetime.now(timezone.utc)
         try:
@@ -333,7 +346,7 @@ class Verifier:
             raise InvalidApiKey()
         # Kept even when expired: until cache_ttl runs out, its uses are
         # refused without a store call (see verify).
-        self._cache.put(digest, self._entry(record, read_at, wall_at), generation)
+        self._cache.put(digest, self._entry(record, read_at, wall_at), seen)
         if _expired(record):
             logger.info("rejected expired key %s (%s)", record.id, record.prefix)
             raise InvalidApiKey()
