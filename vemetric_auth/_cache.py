@@ -161,15 +161,6 @@ class VerifiedKeys:
             for entry in self._entries.values():
                 entry.vouched = False
 
-    def unvouched(self) -> list[tuple[bytes, Verified]]:
-        """The entries not vouched for (nor to be read again anyway)."""
-        with self._lock:
-            return [
-                (digest, entry)
-                for digest, entry in self._entries.items()
-                if not entry.vouched and not entry.reread
-            ]
-
     def reread_all(self) -> None:
         """Have every entry read again before its next use, and drop any put
         under way."""

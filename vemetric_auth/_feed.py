@@ -8,7 +8,6 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable
 
 from ._cache import VerifiedKeys
 from ._fork import reset_in_child
@@ -38,8 +37,8 @@ class ChangeFeed:
 
     Started by a verification (:meth:`touch`), the reader first takes the
     feed's head, ``changes_since(None)``: the feed vouches for no entry
-    cached before (see :meth:`~vemetric_auth._cache.VerifiedKeys.unvouch_all`),
-    and has them read again (:meth:`set_first_read_callback`).
+    cached before (see :meth:`~vemetric_auth._cache.VerifiedKeys.unvouch_all`):
+    they are read again once their ``cache_ttl`` runs out, as without a feed.
     Then, every :attr:`_interval` seconds, or at once when the store's
     listener (its optional ``listen()``) says a change came, it reads the
     changes since its cursor and marks each key named (see
@@ -69,7 +68,6 @@ class ChangeFeed:
     def __init__(self, store: ChangeFeedKeyStore, cache: VerifiedKeys) -> None:
         self._store = store
         self._cache = cache
-        self._on_first_read: weakref.WeakMethod[Callable[[], object]] | None = None
         self._closed = False
         self._reset()
         reset_in_child(self)
@@ -91,11 +89,6 @@ class ChangeFeed:
         # The child has no reader, and its cache starts empty: it starts a
         # reader of its own, from a cursor of its own, on its first use.
         self._reset()
-
-    def set_first_read_callback(self, method: Callable[[], object]) -> None:
-        """Have the bound *method* called after each first read of a reader
-        (held weakly: its object holds this feed)."""
-        self._on_first_read = weakref.WeakMethod(method)
 
     def touch(self, now: float) -> None:
         """A request at *now* (monotonic) needed more than the cache: keep
@@ -166,10 +159,6 @@ class ChangeFeed:
             return cursor
         else:
             self.confirmed_at = started
-        if cursor is None and self._on_first_read is not None:
-            callback = self._on_first_read()
-            if callback is not None:
-                callback()
         if self._failing:
             self._failing = False
             logger.info("the key store's change feed can be read again")

@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from datetime import datetime, timezone
 
 from ._argon2 import Argon2Threads, Verdict
@@ -74,8 +75,6 @@ class Verifier:
         self._cache_ttl = cache_ttl
         self._last_use = last_use
         self._feed = feed
-        if feed is not None:
-            feed.set_first_read_callback(self._read_unvouched_again)
         self._outage_grace = outage_grace
         self._turns = KeyTurns()
         #: When a re-read of a known key last failed (monotonic), if none
@@ -99,10 +98,10 @@ class Verifier:
             its timeout, or argon2 could not run.
         """
         now = time.monotonic()
-        if self._feed is not None:
-            self._feed.touch(now)
         entry = self._cache.get(digest)
         if entry is not None:
+            if self._feed is not None:
+                self._feed.touch(now)
             # A stale entry the feed vouches for needs no turn: served at once.
             record = self._from_memory(digest, entry, now)
             if record is not None:
@@ -192,20 +191,28 @@ class Verifier:
     ) -> ApiKey:
         prefix = display_prefix(secret.value)
         # Cached before the feed's first read, an entry is not vouched for
-        # by the feed (see ChangeFeed): it did not see what came before.
+        # by the feed (see ChangeFeed): it did not see what came before. It
+        # is then read again once its cache_ttl runs out, as without a feed.
         seen = self._cache.seen()
         # Freshness counts from the read, not from the end of the verification.
         # The monotonic clock is read first: an expiry carried over from the
         # wall clock then falls a hair early, never late.
         read_at = time.monotonic()
         wall_at = datetime.now(timezone.utc)
-        found = self._call_store(
-            "looking a key up",
-            self._store.find_by_prefix,
-            prefix,
-            deadline=deadline,
-            lookup=True,
-        )
+        try:
+            found = self._call_store(
+                "looking a key up",
+                self._store.find_by_prefix,
+                prefix,
+                deadline=deadline,
+                lookup=True,
+            )
+        finally:
+            if self._feed is not None:
+                # Started once the lookup is done, not to vie with it for a
+                # connection the store may be slow to give (a first read
+                # can not vouch for this key anyway; see below).
+                self._feed.touch(time.monotonic())
         if found is None:
             logger.info("rejected unknown key %s", prefix)
             raise InvalidApiKey()
@@ -253,12 +260,7 @@ class Verifier:
         if _expired(record):  # while argon2 ran
             logger.info("rejected expired key %s (%s)", record.id, prefix)
             raise InvalidApiKey()
-        entry = self._entry(record, read_at, wall_at)
-        self._cache.put(digest, entry, seen)
-        feed = self._feed
-        if not entry.vouched and feed is not None and feed.confirmed_at > -math.inf:
-            # Read before the feed's first read, which came meanwhile.
-            self._recheck_later(digest, record)
+        self._cache.put(digest, self._entry(record, read_at, wall_at), seen)
         logger.debug("authenticated key %s (%s)", record.id, prefix)
         return record
 
@@ -283,30 +285,16 @@ class Verifier:
                 return entry.record
             raise
 
-    def _read_unvouched_again(self) -> None:
-        """The feed's first read is done: read again, in the background, the
-        keys cached before it, so that it vouches for them too."""
-        for digest, entry in self._cache.unvouched():
-            self._recheck_later(digest, entry.record)
-
     def _recheck_later(self, digest: bytes, cached: ApiKey) -> None:
         """Re-read *cached* on a background thread, unless one does already."""
         with self._rechecks_lock:
             if cached.id in self._rechecking:
                 return
             self._rechecking.add(cached.id)
-        if not self._call_store.in_background(self._recheck_quietly, digest, cached):
-            with self._rechecks_lock:
-                self._rechecking.discard(cached.id)
-
-    def _recheck_quietly(self, digest: bytes, cached: ApiKey) -> None:
-        try:
-            self._recheck(digest, cached, None, quiet=True)
-        except (InvalidApiKey, StoreUnavailable):
-            pass  # forgotten, or kept for the next request to try again
-        except Exception:
-            logger.exception("re-reading key %s failed", cached.id)
-        finally:
+        # Weakly: a manager dropped meanwhile reads nothing more.
+        if not self._call_store.in_background(
+            _recheck_quietly, weakref.ref(self), digest, cached
+        ):
             with self._rechecks_lock:
                 self._rechecking.discard(cached.id)
 
@@ -379,3 +367,21 @@ def _expired(record: ApiKey) -> bool:
     return record.expires_at is not None and (
         datetime.now(timezone.utc) >= record.expires_at
     )
+
+
+def _recheck_quietly(
+    ref: weakref.ReferenceType[Verifier], digest: bytes, cached: ApiKey
+) -> None:
+    """A re-read in the background (see Verifier._recheck_later)."""
+    verifier = ref()
+    if verifier is None:
+        return
+    try:
+        verifier._recheck(digest, cached, None, quiet=True)
+    except (InvalidApiKey, StoreUnavailable):
+        pass  # forgotten, or kept for the next request to try again
+    except Exception:
+        logger.exception("re-reading key %s failed", cached.id)
+    finally:
+        with verifier._rechecks_lock:
+            verifier._rechecking.discard(cached.id)
