@@ -874,6 +874,20 @@ def pg_stores(postgres_server: Any) -> Iterator[Callable[..., SQLKeyStore]]:
     finally:
         if not postgres_server.is_running():
             postgres_server.start()
+        # The test's managers are gone, or go with a collection (a traceback
+        # may hold one); their change feed readers end then, and must have
+        # before the stores close: a read after that would open a connection
+        # nobody closes.
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", ".*was deleted while still open", ResourceWarning
+            )
+            gc.collect()
+        deadline = time.monotonic() + 5
+        while any(t.name == "vemetric-auth-feed" for t in threading.enumerate()):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         for store in stores:
             store.close()
         # A store call the manager gave up on (store_timeout) may finish only
@@ -962,6 +976,8 @@ def test_postgresql_stopped_is_503_then_recovers_with_nothing_lost(
     with pytest.raises(InvalidApiKey):
         fresh.authenticate(revoked.key)
     assert fresh.get(revoked.record.id) == revoked_record
+    keys.close()
+    fresh.close()
 
 
 def _assert_created_whole_or_not_at_all(
@@ -1064,6 +1080,8 @@ def test_postgresql_frozen_is_503_within_store_timeout_and_recovers_on_sigcont(
         fresh.authenticate(revoked.key)
     _assert_created_whole_or_not_at_all(creating, "created during the freeze", fresh)
     _assert_revoked_whole_or_not_at_all(revoking, to_revoke, fresh)
+    keys.close()
+    fresh.close()
 
 
 @pytest.mark.postgres
@@ -1126,6 +1144,7 @@ def test_management_calls_on_a_frozen_postgresql_end_within_a_bound(
     revoking.wait(30)
     assert ended, "revoke waited for the frozen server"
     assert isinstance(revoking.error, StoreUnavailable)
+    keys.close()  # waits for the revocation still under way
 
 
 @contextlib.contextmanager
