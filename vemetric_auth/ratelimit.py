@@ -269,13 +269,17 @@ class _WindowCounts:
     later new key is counted, so memory holds the live windows only.
     """
 
-    __slots__ = ("_counts", "_expiries", "_lock")
+    __slots__ = ("_counts", "_expiries", "_lock", "_monotonic")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         # (monotonic deadline, key), the soonest first.
         self._expiries: list[tuple[float, str]] = []
+        self._monotonic: Callable[[], float] = time.monotonic  # a test hook
+
+    def __len__(self) -> int:
+        return len(self._counts)
 
     def incr(self, key: str, expiry: int) -> int:
         """Add 1 to *key*'s count and return it; a new key lives *expiry* s."""
@@ -283,7 +287,7 @@ class _WindowCounts:
             count = self._counts.get(key, 0) + 1
             self._counts[key] = count
             if count == 1:
-                now = time.monotonic()
+                now = self._monotonic()
                 expiries = self._expiries
                 heappush(expiries, (now + expiry, key))
                 while expiries[0][0] <= now:
@@ -458,7 +462,13 @@ class RateLimiter:
             # the processes sharing it say.
             period = limit.period
             window = int(now // period)
-            count = self._count(_incr, f"{limit.prefix}{ident}/{window}", period)
+            key = f"{limit.prefix}{ident}/{window}"
+            shared = self._shared
+            if shared is self._local:
+                # memory:// never fails: no fallback to go through.
+                count = shared.incr(key, period)
+            else:
+                count = self._count(_incr, key, period)
             allowed = count <= amount
             remaining = amount - count if count < amount else 0
             reset = (window + 1) * period
