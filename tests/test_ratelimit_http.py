@@ -879,3 +879,92 @@ def test_a_frozen_redis_never_holds_a_request_for_long(
     finally:
         redis_server.thaw()
     assert statuses == [200, 200, 200, 429]
+
+
+# -- the example API and the demo -------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Iterator[tuple[Flask, Any]]:
+    """The example API on a fresh SQLite file, its limiter's clock set."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import demo
+        import flask_app
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    app = flask_app.create_app(
+        {"VEMETRIC_AUTH_DATABASE_URL": f"sqlite:///{tmp_path / 'example.db'}"}
+    )
+    app.extensions["vemetric_auth"].gate.limiter._clock = Clock()
+    yield app, demo
+    flask_app.auth.keys_for(app).store.close()
+    app.extensions["flask_app.projects"].engine.dispose()
+
+
+def test_the_example_api_allows_100_requests_a_minute_per_project(
+    example: tuple[Flask, Any],
+) -> None:
+    app, demo = example
+    made = demo.setup(app)
+    keys = app.extensions["vemetric_auth"].keys
+    second = keys.create(made.project_id, "another key of the project").key
+    client = app.test_client()
+    answers = [
+        client.get("/v1/project", headers=bearer(made.key if n % 2 else second))
+        for n in range(101)
+    ]
+    assert [r.status_code for r in answers] == [200] * 100 + [429]
+    assert answers[0].headers[LIMIT] == "100"
+    assert [r.headers[REMAINING] for r in answers[:3]] == ["99", "98", "97"]
+    assert answers[-1].json == TOO_MANY
+    assert client.get("/health").status_code == 200  # exempt: never limited
+
+
+@pytest.mark.slow
+def test_the_demos_curl_loop_shows_the_count_down_and_the_429(
+    example: tuple[Flask, Any],
+) -> None:
+    import shutil
+
+    from werkzeug.serving import make_server
+
+    if shutil.which("curl") is None or shutil.which("bash") is None:
+        pytest.skip("the demo's loop needs curl and bash")
+    app, demo = example
+    made = demo.setup(app)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base_url = f"http://127.0.0.1:{server.server_port}"
+        assert demo._limit_of(app) == 100
+        comment, loop = demo.rate_limit_lines(made, base_url, 100)
+        assert comment.startswith("# 100 requests a minute per project")
+        assert loop.isprintable()  # printed for a terminal: no raw \r
+        done = subprocess.run(
+            ["bash", "-c", loop],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 101
+    reset = str(int(T0) + 60)
+    assert lines[0] == (
+        "HTTP/1.1 200 OK X-RateLimit-Limit: 100 X-RateLimit-Remaining: 99 "
+        f"X-RateLimit-Reset: {reset}"
+    )
+    assert lines[99].startswith("HTTP/1.1 200 OK ")
+    assert "X-RateLimit-Remaining: 0 " in lines[99]
+    assert lines[100] == (
+        "HTTP/1.1 429 Too Many Requests Retry-After: 45 X-RateLimit-Limit: 100 "
+        f"X-RateLimit-Remaining: 0 X-RateLimit-Reset: {reset}"
+    )
