@@ -152,7 +152,7 @@ class VemetricAuth:
       one, such as ``"redis://host:6379"`` (the ``redis`` extra), with
       several processes or machines.
     - ``VEMETRIC_AUTH_RATE_LIMIT_STORAGE_OPTIONS``: keyword arguments for
-      the storage's client; ``{}``.
+      the storage's client; none.
     - ``VEMETRIC_AUTH_RATE_LIMIT_BY``: ``"project"`` (all keys of a project
       together) or ``"key"``; ``"project"``.
     - ``VEMETRIC_AUTH_RATE_LIMIT_STRATEGY``: ``"fixed-window"``,
@@ -160,7 +160,9 @@ class VemetricAuth:
       ``"fixed-window"``.
 
     The first three are not used when *keys* is given; the rate limit
-    settings only with ``VEMETRIC_AUTH_RATE_LIMIT``.
+    settings only with ``VEMETRIC_AUTH_RATE_LIMIT``. The rate limit keys are
+    read with ``app.config.get``: unlike the others, their defaults do not
+    show in ``app.config``.
 
     With a rate limit, every authenticated request is counted, after its
     key and project are found valid (never a refused key, an exempt view or
@@ -221,11 +223,6 @@ class VemetricAuth:
         config.setdefault("VEMETRIC_AUTH_ALLOW_OPTIONS", True)
         config.setdefault("VEMETRIC_AUTH_EXEMPT_PATHS", ())
         config.setdefault("VEMETRIC_AUTH_EXEMPT_ENDPOINTS", ())
-        config.setdefault("VEMETRIC_AUTH_RATE_LIMIT", None)
-        config.setdefault("VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI", "memory://")
-        config.setdefault("VEMETRIC_AUTH_RATE_LIMIT_STORAGE_OPTIONS", {})
-        config.setdefault("VEMETRIC_AUTH_RATE_LIMIT_BY", "project")
-        config.setdefault("VEMETRIC_AUTH_RATE_LIMIT_STRATEGY", "fixed-window")
 
         allow_options = _config_flag(config, "VEMETRIC_AUTH_ALLOW_OPTIONS")
         exempt_endpoints = _config_value(
@@ -238,12 +235,14 @@ class VemetricAuth:
         exempt_paths = _config_value(
             config, "VEMETRIC_AUTH_EXEMPT_PATHS", validate_paths
         )
+        # An optional feature: its keys are read with their defaults, not set
+        # in the config of apps that do not use it.
         limiter = rate_limiter(
-            config["VEMETRIC_AUTH_RATE_LIMIT"],
-            storage_uri=config["VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI"],
-            storage_options=config["VEMETRIC_AUTH_RATE_LIMIT_STORAGE_OPTIONS"],
-            by=config["VEMETRIC_AUTH_RATE_LIMIT_BY"],
-            strategy=config["VEMETRIC_AUTH_RATE_LIMIT_STRATEGY"],
+            config.get("VEMETRIC_AUTH_RATE_LIMIT"),
+            storage_uri=config.get("VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI", "memory://"),
+            storage_options=config.get("VEMETRIC_AUTH_RATE_LIMIT_STORAGE_OPTIONS"),
+            by=config.get("VEMETRIC_AUTH_RATE_LIMIT_BY", "project"),
+            strategy=config.get("VEMETRIC_AUTH_RATE_LIMIT_STRATEGY", "fixed-window"),
             names=_RATE_LIMIT_CONFIG,
         )
         keys = self._keys if self._keys is not None else _keys_from_config(config)
