@@ -324,8 +324,14 @@ def bench_flask(storages: dict[str, str], number: int, repeat: int) -> None:
 # -- gunicorn --------------------------------------------------------------------------------
 
 
+# Commands a Redis script runs inside the server (limits' and ours): not
+# round trips. Nor is the benchmark's own reset of the statistics.
+_SERVER_SIDE = {"incrby", "expire", "config|resetstat"}
+
+
 def bench_gunicorn(server: RedisServer, rounds: int, seconds: float) -> int:
-    """Requests per second under gunicorn: a Redis limit against none.
+    """Requests per second under gunicorn: no limit, our Redis limit, and
+    Flask-Limiter's on the same Redis.
 
     :returns: the number of answers that were not the contract's.
     """
@@ -343,20 +349,32 @@ def bench_gunicorn(server: RedisServer, rounds: int, seconds: float) -> int:
         dataset = loadkit.prepare_dataset(url)
         checker = Checker(dataset)
         cases = loadkit.valid_cases(dataset)
-        limited = stack.enter_context(
-            loadkit.running_server(
-                loadkit.GUNICORN,
-                url,
-                workdir / "limited",
-                rate_limit=LIMIT,
-                rate_limit_storage=server.url,
-            )
-        )
-        unlimited = stack.enter_context(
-            loadkit.running_server(loadkit.GUNICORN, url, workdir / "unlimited")
-        )
-        connections = {}
-        for name, running in (("redis limit", limited), ("no limit", unlimited)):
+        servers = {
+            "no limit": stack.enter_context(
+                loadkit.running_server(loadkit.GUNICORN, url, workdir / "unlimited")
+            ),
+            "redis limit": stack.enter_context(
+                loadkit.running_server(
+                    loadkit.GUNICORN,
+                    url,
+                    workdir / "limited",
+                    rate_limit=LIMIT,
+                    rate_limit_storage=server.url,
+                )
+            ),
+            "Flask-Limiter": stack.enter_context(
+                loadkit.running_server(
+                    loadkit.GUNICORN,
+                    url,
+                    workdir / "flask-limiter",
+                    rate_limit=LIMIT,
+                    rate_limit_storage=server.url,
+                    flask_limiter=True,
+                )
+            ),
+        }
+        connections: dict[str, list[Connection]] = {}
+        for name, running in servers.items():
             # Warm-up: every key verified in every worker.
             report.merge(checker.check(loadkit.send_each(running.port, cases * 4)))
             connections[name] = [
@@ -367,42 +385,49 @@ def bench_gunicorn(server: RedisServer, rounds: int, seconds: float) -> int:
                 requests_per_second(connections[name], cases, checker, 1.0, seed=0)[1]
             )
         figures: dict[str, list[float]] = {name: [] for name in connections}
-        ratios: list[float] = []
-        evalsha = 0
-        limited_requests = 0.0
+        ratios: dict[str, list[float]] = {"no limit": [], "Flask-Limiter": []}
+        sent = {"redis limit": 0, "Flask-Limiter": 0}
+        answered = {"redis limit": 0, "Flask-Limiter": 0}
         for round_number in range(rounds):
+            # Each round in another order, so that no server is always first.
             names = list(connections)
+            shift = round_number % len(names)
+            names = names[shift:] + names[:shift]
             if round_number % 2:
                 names.reverse()
             rps: dict[str, float] = {}
             for name in names:
-                if name == "redis limit":
-                    server.reset_stats()
+                server.reset_stats()
                 rps[name], checked = requests_per_second(
                     connections[name], cases, checker, seconds, round_number
                 )
                 report.merge(checked)
-                if name == "redis limit":
-                    calls = server.command_calls()
-                    evalsha += calls.get("evalsha", 0) + calls.get("eval", 0)
-                    limited_requests += checked.total
                 figures[name].append(rps[name])
-            ratios.append(rps["redis limit"] / rps["no limit"])
-        for running in (limited, unlimited):
+                if name in sent:
+                    calls = server.command_calls()
+                    sent[name] += sum(
+                        n for command, n in calls.items() if command not in _SERVER_SIDE
+                    )
+                    answered[name] += checked.total
+            for other, values in ratios.items():
+                values.append(rps["redis limit"] / rps[other])
+        for running in servers.values():
             if len(running.booted_workers()) != 2:
                 raise RuntimeError(
                     f"a gunicorn worker restarted:\n{running.log_tail()}"
                 )
     for name, values in figures.items():
         print(
-            f"  {name:<12} {statistics.median(values):8.0f} requests/s "
+            f"  {name:<14} {statistics.median(values):8.0f} requests/s "
             f"(median of {rounds} rounds of {seconds:g} s)"
         )
-    print(
-        f"  ratio redis limit / no limit: {statistics.median(ratios):.2f} "
-        f"({min(ratios):.2f}-{max(ratios):.2f})"
-    )
-    print(f"  redis round trips per limited request: {evalsha / limited_requests:.2f}")
+    for other, values in ratios.items():
+        print(
+            f"  redis limit / {other}: {statistics.median(values):.2f} "
+            f"({min(values):.2f}-{max(values):.2f})"
+        )
+    for name, count in sent.items():
+        print(f"  {name}: {count / answered[name]:.2f} redis round trips per request")
     print(f"  {report.total} answers checked, {len(report.problems)} wrong")
     if report.problems:
         print(report.summary())
