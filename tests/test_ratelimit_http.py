@@ -681,6 +681,31 @@ def test_flask_storage_options_reach_the_storage(keys: KeyManager) -> None:
     assert limiter._options["socket_timeout"] == 0.05
 
 
+def test_a_missing_redis_client_names_the_setting_and_the_extra(
+    keys: KeyManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "redis" else real(name, *args),
+    )
+    hint = r"pip install 'vemetric-auth\[redis\]'"
+    with pytest.raises(ImportError, match=f"^rate_limit_storage: .*{hint}"):
+        ApiKeyMiddleware(
+            wsgi_app([]), keys, rate_limit="1/second", rate_limit_storage="redis://h"
+        )
+    app = Flask(__name__)
+    app.config["VEMETRIC_AUTH_RATE_LIMIT"] = "1/second"
+    app.config["VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI"] = "redis://h"
+    with pytest.raises(
+        ImportError, match=f"^VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI: .*{hint}"
+    ):
+        VemetricAuth(app, keys=keys)
+
+
 REFUSE_LIMITS = """
 import sys
 
