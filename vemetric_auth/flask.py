@@ -444,7 +444,10 @@ def _add_rate_limit_headers(response: Response) -> Response:
     decision = request.environ.get(RATE_LIMIT_ENVIRON_KEY)
     # A refused request's 429 has them already.
     if decision is not None and decision.allowed:
-        response.headers.extend(decision.headers)
+        add = response.headers.add
+        # One add each: Headers.extend costs twice as much for three headers.
+        for name, value in decision.headers:
+            add(name, value)
     return response
 
 
