@@ -368,6 +368,22 @@ class KeyManager:
         self._refuse_if_closed()
         return self._verifier.verify(secret, digest)
 
+    def cached(self, key: str) -> ApiKey | None:
+        """Return the record of *key* if this manager verified it lately and
+        its cache entry is still fresh; ``None`` otherwise.
+
+        Never waits: no store, no argon2, no lock. It is what an event loop
+        may ask inline before it hands :meth:`authenticate` to a thread.
+        ``None`` says nothing of the key (unknown, stale, not of the format,
+        or the manager closed): only :meth:`authenticate` decides.
+        """
+        if not is_valid_format(key):
+            return None
+        entry = self._cache.get(hashlib.sha256(key.encode()).digest())
+        if entry is not None and time.monotonic() < entry[1]:
+            return entry[0]
+        return None
+
     def _authenticate_token(self, key: str) -> ApiKey:
         """:meth:`authenticate` for a key known to be of the format: the token
         the HTTP layer read from a request."""
