@@ -352,8 +352,9 @@ def environ_view(scope: Scope) -> dict[str, Any]:
     (the path without ``root_path``), and the ``Authorization``, ``Origin``
     and ``Access-Control-Request-Method`` headers when present, decoded
     from latin-1 as WSGI servers do, repeated ones joined with commas as
-    they join them. A header value that is not ``bytes`` stays as it is: the
-    gate answers it as a malformed header, never with an error.
+    they join them. A header value that is not ``bytes``, as the ASGI
+    specification requires, is not read: the gate answers it as a malformed
+    header, never with an error.
     """
     view: dict[str, Any] = {
         "REQUEST_METHOD": scope.get("method", "GET"),
@@ -363,11 +364,13 @@ def environ_view(scope: Scope) -> dict[str, Any]:
         key = _GATE_HEADERS.get(name)
         if key is None:
             continue
-        text = value.decode("latin-1") if type(value) is bytes else value
+        # Not bytes (a str included): the gate answers it as a malformed
+        # header, as the WSGI middleware answers a non-str environ value.
+        text: object = value.decode("latin-1") if type(value) is bytes else (value,)
         if key in view:
             before = view[key]
             both_str = type(before) is str and type(text) is str
-            text = before + "," + text if both_str else (before, text)
+            text = f"{before},{text}" if both_str else (before, text)
         view[key] = text
     return view
 
