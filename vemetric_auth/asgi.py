@@ -242,7 +242,8 @@ class ScopeGate:
         self.keys = keys
         self.project_loader = project_loader
         self._load_async = _is_async_callable(project_loader)
-        # Both made unbound to any event loop: anyio binds them on first use.
+        # Made outside any event loop (anyio 4.2 or later binds them on first
+        # use), so a middleware can be built at import time.
         # _slots bounds the wait for a thread; _threads, as large, is what
         # anyio's run_sync takes (it would wait without a bound).
         self._slots = anyio.Semaphore(_THREADS)
