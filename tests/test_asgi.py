@@ -30,6 +30,8 @@ from contract import (
     MISSING,
     PREFLIGHT_HEADERS,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -398,6 +400,48 @@ def test_headers_no_server_should_send_get_a_documented_answer(
     body = json.loads(messages[1]["body"])
     assert body["error"]["message"] == message
     assert downstream.scopes == []
+
+
+_fuzz_keys = KeyManager(InMemoryKeyStore(), hasher=CountingHasher())
+_fuzz_key = _fuzz_keys.create("proj_h", "hypothesis").key
+_fuzz_asgi = ApiKeyMiddleware(Recorder(), _fuzz_keys)
+_fuzz_wsgi = WsgiApiKeyMiddleware(
+    lambda environ, start_response: start_response("200 OK", []) or [b"hello"],
+    _fuzz_keys,
+)
+_near_miss = st.builds(
+    lambda i, c: _fuzz_key[:i] + c + _fuzz_key[i + 1 :],
+    st.integers(0, 35),
+    st.sampled_from("aZ0_ -\t\x00é"),
+)
+_header_bytes = st.one_of(
+    st.binary(max_size=80),
+    st.builds(
+        lambda scheme, space, token: (scheme + space + token).encode("latin-1"),
+        st.sampled_from(["Bearer", "bearer", "Basic", "", "Bearer Bearer"]),
+        st.sampled_from([" ", "\t", "  ", ""]),
+        st.one_of(_near_miss, st.just(_fuzz_key), st.text(max_size=40)).map(
+            lambda t: t.encode("utf-8").decode("latin-1")
+        ),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_header_bytes)
+def test_any_header_gets_the_wsgi_middlewares_answer(value: bytes) -> None:
+    """Whatever bytes an ASGI server reads, the answer is the one the WSGI
+    middleware gives the same header, read as latin-1 as WSGI servers do."""
+    messages = run(_fuzz_asgi, http_scope(headers=[(b"authorization", value)]))
+    seen: list[str] = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/v1/project",
+        "HTTP_AUTHORIZATION": value.decode("latin-1"),
+    }
+    body = b"".join(_fuzz_wsgi(environ, lambda status, headers: seen.append(status)))
+    assert messages[0]["status"] == int(seen[0].split()[0])
+    assert messages[1]["body"] == body
 
 
 @pytest.mark.parametrize(
