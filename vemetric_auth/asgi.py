@@ -197,7 +197,8 @@ class ApiKeyMiddleware:
         passage = gate.passage(view)
         if passage is None:
             try:
-                await gate.authenticate(scope, view)
+                if not gate.admit_cached(scope, view):
+                    await gate.authenticate(scope, view)
             except AuthError as error:
                 await gate.answer(error).asgi(scope, receive, send)
                 return
@@ -291,9 +292,31 @@ class ScopeGate:
             else:
                 project = await self._on_thread(loader, record.project_id)
             project = self.gate.found_project(record, project)
-            scope[PROJECT_SCOPE_KEY] = project
+        self._admit(scope, record, project)
+        return record, project
+
+    def admit_cached(self, scope: Scope, view: dict[str, Any]) -> bool:
+        """Let a request pass if that needs nothing but the event loop: its
+        key fresh in the manager's cache, and no project loader.
+
+        :return: ``True``: the scope is filled as by :meth:`authenticate`;
+            ``False``: the request needs :meth:`authenticate`.
+        :raises AuthError: the header is missing, malformed or carries no key
+            of the format (cases 1 to 3).
+        """
+        if self.project_loader is not None:
+            return False
+        record = self.keys.cached(bearer_token(view.get("HTTP_AUTHORIZATION")))
+        if record is None:
+            return False
+        self._admit(scope, record, record.project_id)
+        return True
+
+    def _admit(self, scope: Scope, record: ApiKey, project: object) -> None:
         # Rate limits (SPEC section 8) are checked here: after the key and
         # the project, before anything of the request is recorded.
+        if self.project_loader is not None:
+            scope[PROJECT_SCOPE_KEY] = project
         scope[API_KEY_SCOPE_KEY] = record
         scope[PROJECT_ID_SCOPE_KEY] = record.project_id
         state = scope.get("state")
@@ -302,7 +325,6 @@ class ScopeGate:
         state["api_key"] = record
         state["project_id"] = record.project_id
         state["project"] = project
-        return record, project
 
     async def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Return ``fn(*args)``, run on a worker thread.

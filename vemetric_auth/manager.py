@@ -29,7 +29,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .hashing import default_hasher
-from .keys import display_prefix, generate_key, is_valid_format
+from .keys import KEY_LENGTH, display_prefix, generate_key, is_valid_format
 from .records import (
     ApiKey,
     IssuedKey,
@@ -377,9 +377,16 @@ class KeyManager:
         ``None`` says nothing of the key (unknown, stale, not of the format,
         or the manager closed): only :meth:`authenticate` decides.
         """
-        if not is_valid_format(key):
+        # Only keys of the format are ever cached: anything else of their
+        # length misses (no regular expression needed), and lone surrogates
+        # cannot be encoded.
+        if type(key) is not str or len(key) != KEY_LENGTH:
             return None
-        entry = self._cache.get(hashlib.sha256(key.encode()).digest())
+        try:
+            digest = hashlib.sha256(key.encode()).digest()
+        except UnicodeEncodeError:
+            return None
+        entry = self._cache.get(digest)
         if entry is not None and time.monotonic() < entry[1]:
             return entry[0]
         return None
