@@ -1003,6 +1003,22 @@ def test_cached_says_none_of_what_is_not_a_key(
     assert flaky_keys.cached(key) is None
 
 
+def test_cached_says_none_of_a_near_miss_of_a_cached_key(
+    flaky_keys: KeyManager,
+) -> None:
+    issued = flaky_keys.create("p", "n")
+    flaky_keys.authenticate(issued.key)
+
+    class Text(str):
+        pass
+
+    for near in (issued.key.upper(), " " + issued.key[1:], issued.key[:-1] + "é"):
+        assert len(near) == len(issued.key)
+        assert flaky_keys.cached(near) is None
+    assert flaky_keys.cached(Text(issued.key)) is None  # only a str is a key
+    assert flaky_keys.cached(issued.key) == issued.record
+
+
 def test_cached_says_none_once_a_key_is_stale_revoked_or_the_manager_closed(
     memory_store: InMemoryKeyStore,
 ) -> None:
