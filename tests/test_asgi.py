@@ -1230,3 +1230,37 @@ def test_under_uvicorn_cached_keys_do_not_wait_for_a_slow_store(
         fast, slow = asyncio.run(go())
     assert slow >= 1.0
     assert max(fast) < slow
+
+
+def test_no_key_in_any_log_record_or_repr(
+    flaky_keys: KeyManager, flaky_store: FlakyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every outcome through the middleware, every logger at DEBUG: the log
+    records, their exceptions and the reprs of what the middleware holds
+    never show a key."""
+    import logging
+    import traceback
+
+    issued = flaky_keys.create("proj_1", "logs")
+    unknown = generate_key()
+    wrong = issued.key[:12] + ("a" if issued.key[12] != "a" else "b") + issued.key[13:]
+    guarded = ApiKeyMiddleware(Recorder(), flaky_keys, project_loader=lambda p: None)
+    plain = ApiKeyMiddleware(Recorder(), flaky_keys)
+    caplog.set_level(logging.DEBUG)
+    for app in (guarded, plain):
+        for key in (issued.key, unknown, wrong, issued.key + " extra"):
+            run(
+                app, http_scope(headers=[(b"authorization", b"Bearer " + key.encode())])
+            )
+    flaky_store.failing = True
+    run(plain, http_scope(headers=[(b"authorization", b"Bearer " + unknown.encode())]))
+    texts = [record.getMessage() for record in caplog.records]
+    texts += [
+        "".join(traceback.format_exception(*record.exc_info))
+        for record in caplog.records
+        if record.exc_info
+    ]
+    texts += [repr(guarded), repr(guarded.gate), repr(flaky_keys)]
+    assert caplog.records
+    for secret in (issued.key, unknown, wrong):
+        assert not [text for text in texts if secret[12:] in text]
