@@ -1,4 +1,5 @@
-"""The HTTP contract, shared by the WSGI middleware and the Flask extension.
+"""The HTTP contract, shared by the WSGI and ASGI middlewares and the Flask
+and FastAPI integrations.
 
 Who passes without a key, reading the ``Authorization`` header into a key,
 turning an :class:`~vemetric_auth.AuthError` into its JSON response, and the
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -270,15 +271,7 @@ class RequestGate:
         if project_loader is None:
             project: object = record.project_id
         else:
-            project = project_loader(record.project_id)
-            if project is None:
-                logger.info(
-                    "rejected key %s (%s): project %s not found",
-                    record.id,
-                    record.prefix,
-                    record.project_id,
-                )
-                raise InvalidApiKey()
+            project = self.found_project(record, project_loader(record.project_id))
             environ[PROJECT_ENVIRON_KEY] = project
         environ[API_KEY_ENVIRON_KEY] = record
         environ[PROJECT_ID_ENVIRON_KEY] = record.project_id
@@ -311,6 +304,22 @@ class RequestGate:
             environ[RATE_LIMIT_ENVIRON_KEY] = decision
         return decision
 
+    def found_project(self, record: ApiKey, project: object) -> object:
+        """Return *project*, what the project loader gave for *record*.
+
+        :raises InvalidApiKey: the loader gave ``None``: the project no longer
+            exists, and its keys are refused like revoked ones.
+        """
+        if project is None:
+            logger.info(
+                "rejected key %s (%s): project %s not found",
+                record.id,
+                record.prefix,
+                record.project_id,
+            )
+            raise InvalidApiKey()
+        return project
+
     def answer(self, error: AuthError) -> ErrorAnswer:
         """Return the answer to *error*, built once for the contract's errors."""
         answer = self._answers.get(type(error))
@@ -324,13 +333,14 @@ def _quote(value: str) -> str:
 
 
 class ErrorAnswer:
-    """The contract's answer to one kind of failure, as a small WSGI app.
+    """The contract's answer to one kind of failure, as a small WSGI app (and,
+    through :meth:`asgi`, an ASGI one).
 
     Built once per error class, realm and ``Retry-After``, so a flood of bad
     requests costs a ``start_response`` call each, not a response object.
     """
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("asgi_headers", "body", "headers", "status", "status_code")
 
     def __init__(self, error: AuthError, *, realm: str, retry_after: int) -> None:
         body = json.dumps({"error": {"code": error.code, "message": error.message}})
@@ -349,6 +359,12 @@ class ErrorAnswer:
         else:
             headers.append(("Retry-After", str(retry_after)))
         self.headers = tuple(headers)
+        self.status_code = error.status
+        # The same headers as ASGI sends them: lowercase names, bytes.
+        self.asgi_headers = tuple(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in headers
+        )
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -361,6 +377,48 @@ class ErrorAnswer:
     def response(self) -> Response:
         """Return the answer as a new werkzeug response a framework may modify."""
         return Response(self.body, status=self.status, headers=list(self.headers))
+
+    async def asgi(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        """Send the answer as an ASGI application would.
+
+        An ``http`` request gets the status, the headers and, unless it is a
+        ``HEAD``, the body: byte for byte the WSGI answer's. A ``websocket``
+        handshake is refused before it is accepted: with this same HTTP
+        response where the server offers the ``websocket.http.response``
+        extension, else with a ``websocket.close`` (code 1013, "try again
+        later", for a 503; 1008, "policy violation", for a 401), which the
+        server answers with a ``403``.
+        """
+        # New messages and header lists each time: a middleware above may
+        # add headers to them (Starlette's MutableHeaders edits in place).
+        if scope["type"] == "websocket":
+            if "websocket.http.response" in (scope.get("extensions") or ()):
+                await send(
+                    {
+                        "type": "websocket.http.response.start",
+                        "status": self.status_code,
+                        "headers": list(self.asgi_headers),
+                    }
+                )
+                await send({"type": "websocket.http.response.body", "body": self.body})
+            else:
+                code = 1013 if self.status_code == 503 else 1008
+                await send({"type": "websocket.close", "code": code})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": list(self.asgi_headers),
+            }
+        )
+        body = b"" if scope.get("method") == "HEAD" else self.body
+        await send({"type": "http.response.body", "body": body})
 
 
 def error_answers(

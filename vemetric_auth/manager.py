@@ -31,7 +31,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .hashing import default_hasher
-from .keys import display_prefix, generate_key, is_valid_format
+from .keys import KEY_LENGTH, display_prefix, generate_key, is_valid_format
 from .records import (
     ApiKey,
     IssuedKey,
@@ -736,6 +736,35 @@ class KeyManager:
         del key
         self._refuse_if_closed()
         return self._verifier.verify(secret, digest)
+
+    def cached(self, key: str) -> ApiKey | None:
+        """Return the record of *key* if this manager verified it lately and
+        its cache entry is still fresh; ``None`` otherwise.
+
+        Never waits: no store, no argon2, no lock. It is what an event loop
+        may ask inline before it hands :meth:`authenticate` to a thread.
+        ``None`` says nothing of the key (unknown, stale, not of the format,
+        or the manager closed): only :meth:`authenticate` decides.
+        """
+        # Only keys of the format are ever cached: anything else of their
+        # length misses (no regular expression needed), and lone surrogates
+        # cannot be encoded.
+        if type(key) is not str or len(key) != KEY_LENGTH:
+            return None
+        try:
+            digest = hashlib.sha256(key.encode()).digest()
+        except UnicodeEncodeError:
+            return None
+        entry = self._cache.get(digest)
+        if entry is not None:
+            # As on the request path: expiry and cache_ttl in one comparison,
+            # and the key's last use stamped when due.
+            now = time.monotonic()
+            if now < entry.fresh_until:
+                if now >= entry.stamp_due:
+                    self._last_use.hit(entry, now)
+                return entry.record
+        return None
 
     def _authenticate_token(self, key: str) -> ApiKey:
         """:meth:`authenticate` for a key known to be of the format: the token
