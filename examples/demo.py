@@ -4,7 +4,9 @@ On the embedded SQLite store (``VEMETRIC_AUTH_DATABASE_URL``, default
 ``sqlite:///vemetric_auth.db`` in the working directory) it creates the project
 ``proj_demo`` unless it exists, a new API key for it, and a second key that it
 revokes at once; prints the key and a ``curl`` line for the success case and
-for each of the four ``401`` errors; then serves ``examples/flask_app.py`` on
+for each of the four ``401`` errors, and the address of the key management
+pages with the demo login (user ``demo``, a new password each run unless
+``DEMO_PASSWORD`` is set); then serves ``examples/flask_app.py`` on
 ``127.0.0.1:5000`` with werkzeug until Ctrl+C::
 
     pip install -e '.[flask]'          # from a clone (make demo does it)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shlex
 import socket
 import sys
@@ -36,7 +39,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flask_app import auth, create_app, projects
+from flask_app import DEMO_USER, auth, create_app, projects
 
 PROJECT_ID = "proj_demo"
 DEFAULT_PORT = 5000
@@ -92,6 +95,11 @@ def curl_lines(demo: Demo, base_url: str) -> list[str]:
     ]
 
 
+def key_pages_url(demo: Demo, base_url: str) -> str:
+    """Return the address of the demo project's key management pages."""
+    return f"{base_url}/settings/projects/{demo.project_id}/keys"
+
+
 def listen(port: int | None) -> socket.socket:
     """Return a socket listening on 127.0.0.1:*port*, or on port 5000.
 
@@ -127,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         sys.exit(f"Cannot serve on 127.0.0.1:{port}: {reason}. No key was made.")
-    app = create_app()
+    password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(12)
+    app = create_app({"DEMO_PASSWORD": password})
     server = serve(app, listener)
     demo = setup(app)
     base_url = f"http://127.0.0.1:{server.port}"
@@ -141,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     for line in curl_lines(demo, base_url):
         print("  " + line)
+    print()
+    print(f"Key pages: {key_pages_url(demo, base_url)}")
+    print(f"           log in as {DEMO_USER}, password {password}")
     print()
     print(f"Manage keys: .venv/bin/vemetric-auth list --project {demo.project_id}")
     print()
