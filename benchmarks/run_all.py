@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("bench_middleware.py", []),
     ("bench_flask.py", []),
+    ("bench_pages.py", []),
     ("bench_sql_store.py", []),
     ("bench_flood.py", []),
     ("soak_headers.py", []),
