@@ -6,8 +6,12 @@ store's and the template's work, not a server's or a client's. It runs on the
 in-memory store and on SQLite, and counts the store calls of each request:
 one ``list``, whatever the number of keys, never one per row.
 
-Budget: the median under 50 ms. Exits 1 if a median is over it or a request
-makes more than one store call.
+Each request is timed twice: wall-clock, and the CPU time of the whole
+process (every thread: the store calls run on the manager's own). On a
+machine shared with other work the wall-clock time includes waiting for a
+CPU; the CPU time is what the page costs the server. Budget: the median CPU
+time under 50 ms. Exits 1 if a median is over it or a request makes more than
+one store call.
 
 Run: ``.venv/bin/python benchmarks/bench_pages.py [--quick]``
 """
@@ -82,28 +86,35 @@ def pages_app(keys: KeyManager) -> Flask:
     return app
 
 
-def time_page(app: Flask, path: str, store: CountingStore, runs: int) -> list[float]:
-    """Milliseconds of each of *runs* requests of *path*, after a warm-up."""
+def time_page(
+    app: Flask, path: str, store: CountingStore, runs: int
+) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds of each of *runs* requests of *path*,
+    after a warm-up."""
     environ = EnvironBuilder(path=path).get_environ()
     status: list[str] = []
 
     def start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
         status.append(code)
 
-    samples = []
+    walls = []
+    cpus = []
     for run in range(runs + 3):
         store.calls.clear()
         status.clear()
         started = time.perf_counter()
+        cpu_started = time.process_time()
         body = b"".join(app.wsgi_app(dict(environ), start_response))
-        elapsed = (time.perf_counter() - started) * 1e3
+        cpu = (time.process_time() - cpu_started) * 1e3
+        wall = (time.perf_counter() - started) * 1e3
         if status != ["200 OK"] or body.count(b'<tr class="row-') < KEYS * 9 // 10:
             raise SystemExit(f"{path}: unexpected answer {status}")
         if store.calls != {"list": 1}:
             raise SystemExit(f"{path}: store calls {store.calls}, not one list")
         if run >= 3:
-            samples.append(elapsed)
-    return samples
+            walls.append(wall)
+            cpus.append(cpu)
+    return walls, cpus
 
 
 def main() -> int:
@@ -119,29 +130,38 @@ def main() -> int:
         fill(sqlite, KEYS)
         try:
             print(f"key list page, {KEYS} keys (1 in 10 revoked), {runs} requests")
-            print(f"{'store':<10} {'page':<28} {'median':>9} {'p95':>9}  store calls")
+            print(
+                f"{'store':<8} {'page':<20} {'wall median':>12} {'p95':>9}"
+                f" {'CPU median':>11} {'p95':>9}  store calls"
+            )
             for label, inner in (("memory", memory), ("sqlite", sqlite)):
                 store = CountingStore(inner)
                 keys = KeyManager(store)  # type: ignore[arg-type]
                 app = pages_app(keys)
                 base = f"/settings/projects/{PROJECT_ID}/keys"
                 for page, path in (
-                    ("in use (900 rows)", base),
-                    ("all (1000 rows)", base + "?revoked=shown"),
+                    ("900 rows (in use)", base),
+                    ("1000 rows (all)", base + "?revoked=shown"),
                 ):
-                    samples = sorted(time_page(app, path, store, runs))
-                    median = statistics.median(samples)
-                    p95 = samples[int(len(samples) * 0.95) - 1]
-                    over = over or median > BUDGET_MS
+                    walls, cpus = time_page(app, path, store, runs)
+                    over = over or statistics.median(cpus) > BUDGET_MS
                     print(
-                        f"{label:<10} {page:<28} {median:>6.1f} ms {p95:>6.1f} ms"
-                        "  1 list"
+                        f"{label:<8} {page:<20} {_median_p95(walls)}"
+                        f"  {_median_p95(cpus)}  1 list"
                     )
                 keys.close()
         finally:
             sqlite.close()
-    print(f"budget: median under {BUDGET_MS:.0f} ms: {'OVER' if over else 'met'}")
+    print(
+        f"budget: median CPU time under {BUDGET_MS:.0f} ms: {'OVER' if over else 'met'}"
+    )
     return 1 if over else 0
+
+
+def _median_p95(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
+    return f"{statistics.median(ordered):>9.1f} ms {p95:>6.1f} ms"
 
 
 if __name__ == "__main__":
