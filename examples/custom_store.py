@@ -1,8 +1,12 @@
 """A key store of your own: every record and hash in one JSON file.
 
-A backend is any class with the six methods of ``vemetric_auth.KeyStore``; it
-imports nothing private, and proves itself with the contract tests the
-shipped stores pass (``tests/test_examples.py`` runs them on this one)::
+A backend is any class with the six methods of ``vemetric_auth.KeyStore``.
+This one also has the methods of the optional protocols the key lifecycle
+needs: ``set_expiry`` and ``roll`` (``vemetric_auth.RollingKeyStore``, for
+``KeyManager.roll``) and ``record_use`` (``vemetric_auth.UsageRecordingKeyStore``,
+for ``ApiKey.last_used_at``). It imports nothing private, and proves itself
+with the contract tests the shipped stores pass, those of the optional
+methods included (``tests/test_examples.py`` runs them on this one)::
 
     import pytest
     from vemetric_auth.testing import KeyStoreContract
@@ -32,6 +36,7 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,8 @@ class JSONFileKeyStore:
 
     For one process: two processes writing the same file would lose each
     other's changes. Share keys between processes with ``SQLKeyStore``.
+    A file written by vemetric-auth 0.1 (records without ``expires_at`` and
+    ``last_used_at``) is read as it is.
 
     :param path: The JSON file; created on the first change if missing.
     """
@@ -127,6 +134,82 @@ class JSONFileKeyStore:
             if entry is not None:
                 self._commit({**self._entries, key_id: (entry[0], key_hash)})
 
+    # -- the optional protocols: RollingKeyStore, UsageRecordingKeyStore ------
+
+    def set_expiry(self, key_id: str, expires_at: datetime | None) -> ApiKey | None:
+        """Set the expiry of an unrevoked key; return the stored record or ``None``."""
+        with self._lock:
+            entry = self._entries.get(key_id)
+            if entry is None:
+                return None
+            record, key_hash = entry
+            if record.revoked_at is not None:
+                return record
+            record = dataclasses.replace(record, expires_at=expires_at)
+            self._commit({**self._entries, key_id: (record, key_hash)})
+            return record
+
+    def roll(
+        self,
+        old_key_id: str,
+        new_key_id: str,
+        *,
+        new_expires_at: datetime | None,
+        old_expires_at: datetime | None,
+        revoked_at: datetime | None,
+        revoked_by: str | None,
+    ) -> ApiKey | None:
+        """Activate the new key and retire the old one in one write of the file.
+
+        Returns the old record as stored afterwards, ``None`` if either key is
+        unknown; :class:`ValueError` if either is revoked.
+        """
+        if old_key_id == new_key_id:
+            raise ValueError("a key can not be rolled over to itself")
+        with self._lock:
+            old_entry = self._entries.get(old_key_id)
+            new_entry = self._entries.get(new_key_id)
+            if old_entry is None or new_entry is None:
+                return None
+            (old, old_hash), (new, new_hash) = old_entry, new_entry
+            if old.revoked_at is not None:
+                raise ValueError("the key to roll is revoked")
+            if new.revoked_at is not None:
+                raise ValueError("the new key is revoked")
+            if revoked_at is not None:
+                old = dataclasses.replace(
+                    old, revoked_at=revoked_at, revoked_by=revoked_by
+                )
+            elif old_expires_at is not None and (
+                old.expires_at is None or old_expires_at < old.expires_at
+            ):
+                old = dataclasses.replace(old, expires_at=old_expires_at)
+            new = dataclasses.replace(new, expires_at=new_expires_at)
+            # One commit: the file holds both changes or neither.
+            self._commit(
+                {
+                    **self._entries,
+                    old_key_id: (old, old_hash),
+                    new_key_id: (new, new_hash),
+                }
+            )
+            return old
+
+    def record_use(self, stamps: Mapping[str, datetime]) -> None:
+        """Record last use, never moving a stamp backwards; unknown ids are ignored."""
+        with self._lock:
+            entries = dict(self._entries)
+            for key_id, stamp in stamps.items():
+                entry = entries.get(key_id)
+                if entry is None:
+                    continue
+                record, key_hash = entry
+                if record.last_used_at is None or record.last_used_at < stamp:
+                    record = dataclasses.replace(record, last_used_at=stamp)
+                    entries[key_id] = (record, key_hash)
+            if entries != self._entries:
+                self._commit(entries)
+
     # -- the file -----------------------------------------------------------
 
     def _read(self) -> dict[str, tuple[ApiKey, str]]:
@@ -182,6 +265,9 @@ def _record_from_dict(data: dict[str, Any]) -> ApiKey:
         created_by=data["created_by"],
         revoked_at=moment(data["revoked_at"]),
         revoked_by=data["revoked_by"],
+        # Absent from the files of 0.1.
+        expires_at=moment(data.get("expires_at")),
+        last_used_at=moment(data.get("last_used_at")),
     )
 
 

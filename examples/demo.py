@@ -2,12 +2,14 @@
 
 On the embedded SQLite store (``VEMETRIC_AUTH_DATABASE_URL``, default
 ``sqlite:///vemetric_auth.db`` in the working directory) it creates the project
-``proj_demo`` unless it exists, a new API key for it, and a second key that it
-revokes at once; prints the key and a ``curl`` line for the success case and
-for each of the four ``401`` errors, and the address of the key management
-pages with the demo login (user ``demo``, a new password each run unless
-``DEMO_PASSWORD`` is set); then serves ``examples/flask_app.py`` on
-``127.0.0.1:5000`` with werkzeug until Ctrl+C::
+``proj_demo`` unless it exists, a new API key for it that expires in 30 days,
+and a second key that it revokes at once; prints the key, its expiry and a
+``curl`` line for the success case and for each of the four ``401`` errors,
+the address of the key management pages with the demo login (user ``demo``,
+a new password each run unless ``DEMO_PASSWORD`` is set), and how to see the
+key's last use and roll it over; then serves ``examples/flask_app.py`` on
+``127.0.0.1:5000`` with werkzeug until Ctrl+C (which writes the last use of
+the keys before the demo ends)::
 
     pip install -e '.[flask]'          # from a clone (make demo does it)
     python examples/demo.py            # or: make demo
@@ -17,9 +19,10 @@ The port is taken before any key is made: when 5000 is busy (on macOS, the
 AirPlay Receiver holds it) the demo serves on a free port and says which; when
 a port given on purpose is busy, it stops, having created nothing.
 
-Run it again for another key: the project is reused. List and revoke keys
-meanwhile with ``vemetric-auth list --project proj_demo`` from the same
-directory.
+Run it again for another key: the project is reused. List, roll and revoke
+keys meanwhile with ``vemetric-auth list --project proj_demo`` (its LAST USED
+column shows a ``curl`` of a minute ago), ``vemetric-auth roll KEY_ID`` and
+``vemetric-auth revoke KEY_ID`` from the same directory.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from flask import Flask
@@ -43,6 +47,8 @@ from flask_app import DEMO_USER, auth, create_app, projects
 
 PROJECT_ID = "proj_demo"
 DEFAULT_PORT = 5000
+#: How long the demo key works.
+KEY_LIFETIME = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Demo:
     key: str
     key_id: str
     revoked_key: str
+    expires_at: datetime | None = None
 
     def __repr__(self) -> str:
         # The keys stay out of any repr.
@@ -60,14 +67,42 @@ class Demo:
 
 
 def setup(app: Flask) -> Demo:
-    """Create the demo project unless it exists, a new key, and a revoked key."""
+    """Create the demo project unless it exists, a new key expiring in
+    :data:`KEY_LIFETIME`, and a revoked key."""
     with app.app_context():
         projects().add(PROJECT_ID, "Demo project", "demo.example")
         keys = auth.keys_for(app)
-        issued = keys.create(PROJECT_ID, "Demo key", created_by="make demo")
+        issued = keys.create(
+            PROJECT_ID,
+            "Demo key",
+            created_by="make demo",
+            expires_at=datetime.now(timezone.utc) + KEY_LIFETIME,
+        )
         revoked = keys.create(PROJECT_ID, "Demo key, revoked", created_by="make demo")
         keys.revoke(revoked.record.id, revoked_by="make demo")
-    return Demo(PROJECT_ID, issued.key, issued.record.id, revoked.key)
+    return Demo(
+        PROJECT_ID,
+        issued.key,
+        issued.record.id,
+        revoked.key,
+        issued.record.expires_at,
+    )
+
+
+def lifecycle_lines(demo: Demo, base_url: str) -> list[str]:
+    """Return how to see the demo key's expiry and last use, and roll it."""
+    expires = (
+        "never" if demo.expires_at is None else f"{demo.expires_at:%Y-%m-%d %H:%M} UTC"
+    )
+    header = f"Authorization: Bearer {demo.key}"
+    return [
+        f"The key expires {expires}. Its last use is written about once a minute:",
+        "  " + shlex.join(["curl", "-H", header, base_url + "/v1/key"]),
+        f"  .venv/bin/vemetric-auth list --project {demo.project_id}"
+        "      # LAST USED, EXPIRES, STATUS",
+        "Rotate it: a new key at once, this one working one more hour:",
+        f"  .venv/bin/vemetric-auth roll {demo.key_id} --overlap 1h",
+    ]
 
 
 def curl_lines(demo: Demo, base_url: str) -> list[str]:
@@ -145,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"Key store: {app.config['VEMETRIC_AUTH_DATABASE_URL']}")
     print(f"Project:   {demo.project_id}")
     print(f"API key:   {demo.key}   (shown this once; id {demo.key_id})")
+    if demo.expires_at is not None:
+        print(f"Expires:   {demo.expires_at:%Y-%m-%d %H:%M:%S} UTC")
     print()
     print("Try, in another terminal:")
     print()
@@ -156,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print(f"Manage keys: .venv/bin/vemetric-auth list --project {demo.project_id}")
     print()
+    for line in lifecycle_lines(demo, base_url):
+        print(line)
+    print()
     print(f"Serving on {base_url} (Ctrl+C to stop)")
     sys.stdout.flush()
     try:
@@ -164,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         pass
     finally:
         server.server_close()
+        # Writes the last use of the keys served.
+        auth.keys_for(app).close()
 
 
 def _port(text: str) -> int:

@@ -1,4 +1,5 @@
-"""A small Vemetric-like API on Flask: ``GET /v1/project``, the key's project.
+"""A small Vemetric-like API on Flask: ``GET /v1/project``, the key's project,
+and ``GET /v1/key``, the key's own record (expiry and last use).
 
 Projects live in a ``projects`` table of the same database as the keys
 (``VEMETRIC_AUTH_DATABASE_URL``, default ``sqlite:///vemetric_auth.db`` in the
@@ -11,6 +12,7 @@ this app; by hand, from the repository root::
     flask run
 
     curl -i -H "Authorization: Bearer vem_..." http://127.0.0.1:5000/v1/project
+    curl -i -H "Authorization: Bearer vem_..." http://127.0.0.1:5000/v1/key
     curl -i http://127.0.0.1:5000/v1/project         # 401 Missing API key
     curl -i http://127.0.0.1:5000/health             # exempt
 
@@ -180,6 +182,23 @@ def load_project(project_id: str) -> dict[str, Any] | None:
 def get_project() -> dict[str, Any]:
     """Vemetric's "Get project": the project of the API key, and only that one."""
     return {"project": g.project}
+
+
+@api.get("/v1/key")
+def get_key() -> dict[str, Any]:
+    """The API key of the request as the store had it when it was verified:
+    its expiry, and its last use (written about once a minute); never the key."""
+    record = g.api_key.to_dict()
+    return {
+        "key": {
+            "id": record["id"],
+            "name": record["name"],
+            "prefix": record["prefix"],
+            "createdAt": record["created_at"],
+            "expiresAt": record["expires_at"],
+            "lastUsedAt": record["last_used_at"],
+        }
+    }
 
 
 @api.get("/health")

@@ -7,7 +7,7 @@ plugin in ``tests/servers/``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import pytest
@@ -49,6 +49,19 @@ class CountingHasher(PasswordHasher):
         with self._count_lock:
             self.hashes += 1
         return super().hash(password, salt=salt)
+
+
+@pytest.fixture(autouse=True)
+def _last_use_stays_in_its_test() -> Iterator[None]:
+    """Last-use stamps a test's managers have not written when it ends are
+    dropped: no background write reaches a store the test closed, later in
+    another test or at exit. (Tests of last use close their managers.)"""
+    yield
+    from vemetric_auth import _last_use
+
+    for last_use in list(_last_use._OPEN):
+        with last_use._lock:
+            last_use._pending.clear()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,9 @@ def test_list_is_a_table_newest_first_without_revoked(run: Any) -> None:
         "CREATED",
         "CREATED",
         "BY",
+        "LAST",
+        "USED",
+        "EXPIRES",
         "STATUS",
     ]
     assert [line.split()[0] for line in lines[1:]] == [new["id"], old["id"]]
@@ -558,3 +561,500 @@ def test_any_group_of_the_commands_opens_its_store_through_ctx_obj() -> None:
     assert_one_line_error(
         invoke("frobnicate"), 2, "No such command 'frobnicate'. (see 'keys --help')"
     )
+
+
+# -- key lifecycle: expiry, roll, last use ----------------------------------------
+
+
+def iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@pytest.mark.parametrize(
+    ("option", "delta"),
+    [
+        pytest.param("90d", timedelta(days=90), id="days"),
+        pytest.param("12h", timedelta(hours=12), id="hours"),
+        pytest.param("30m", timedelta(minutes=30), id="minutes"),
+        pytest.param("45s", timedelta(seconds=45), id="seconds"),
+    ],
+)
+def test_create_expires_in(run: Any, database: Path, option: str, delta: Any) -> None:
+    before = datetime.now(timezone.utc)
+    result = run(
+        "create", "--project", "p", "--name", "n", "--expires-in", option, "--json"
+    )
+    after = datetime.now(timezone.utc)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)["record"]
+    expires_at = iso(record["expires_at"])
+    assert expires_at.utcoffset() == timedelta(0)
+    assert before + delta <= expires_at <= after + delta
+    (stored_record,) = stored(database, "p")
+    assert stored_record.to_dict() == record
+    assert stored_record.active
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["2999-12-31T01:00:00+01:00", "2999-12-31T00:00:00Z", "2999-12-31T00:00Z"],
+)
+def test_create_expires_at_takes_iso_8601_with_an_offset(
+    run: Any, database: Path, given: str
+) -> None:
+    result = run(
+        "create", "--project", "p", "--name", "n", "--expires-at", given, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)["record"]
+    assert record["expires_at"] == "2999-12-31T00:00:00+00:00"
+    text = run("create", "--project", "p", "--name", "m", "--expires-at", given)
+    assert "expires:    2999-12-31 00:00:00 UTC" in text.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--expires-in", "5y"], "'5y' is not a duration", id="unit"),
+        pytest.param(["--expires-in", "1.5h"], "not a duration", id="fraction"),
+        pytest.param(["--expires-in", "-3d"], "not a duration", id="negative"),
+        pytest.param(["--expires-in", "h"], "not a duration", id="no-number"),
+        pytest.param(["--expires-in", "0"], "would expire at once", id="zero"),
+        pytest.param(["--expires-in", "0s"], "would expire at once", id="zero-s"),
+        pytest.param(
+            ["--expires-in", "99999999999d"], "too long", id="overflowing-days"
+        ),
+        pytest.param(["--expires-in", "3000000d"], "too far", id="past-year-9999"),
+        pytest.param(
+            ["--expires-at", "2999-12-31T00:00:00"], "give a UTC offset", id="naive"
+        ),
+        pytest.param(["--expires-at", "2999-12-31"], "give a UTC offset", id="a-date"),
+        pytest.param(["--expires-at", "tomorrow"], "not an ISO 8601", id="words"),
+        pytest.param(
+            ["--expires-at", "2001-01-01T00:00:00Z"], "that time has passed", id="past"
+        ),
+        pytest.param(
+            ["--expires-in", "1d", "--expires-at", "2999-01-01T00:00Z"],
+            "mutually exclusive",
+            id="both",
+        ),
+    ],
+)
+def test_bad_expiries_are_usage_errors_and_store_nothing(
+    run: Any, database: Path, args: list[str], message: str
+) -> None:
+    result = run("create", "--project", "p", "--name", "n", *args)
+    assert_one_line_error(result, 2, message)
+    assert not database.exists()
+
+
+def test_roll_prints_the_new_key_once_and_the_old_one_stops_later(
+    run: Any, database: Path
+) -> None:
+    old = create_json(run, project="p", name="Prod")
+    before = datetime.now(timezone.utc)
+    result = run("roll", old["record"]["id"], "--overlap", "2h", "--rolled-by", "bob")
+    after = datetime.now(timezone.utc)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert result.stdout.startswith(
+        "API key rolled. Copy the new key now: it is shown only this once.\n"
+    )
+    (key,) = KEY_PATTERN.findall(result.stdout)
+    new_record, old_record = stored(database, "p")
+    assert key.startswith(new_record.prefix[:-3])
+    assert (new_record.name, new_record.created_by, new_record.expires_at) == (
+        "Prod",
+        "bob",
+        None,
+    )
+    assert new_record.active
+    assert old_record.id == old["record"]["id"]
+    assert old_record.expires_at is not None
+    assert before + timedelta(hours=2) <= old_record.expires_at
+    assert old_record.expires_at <= after + timedelta(hours=2)
+    assert result.stdout.rstrip().endswith(
+        f"The old key {old_record.id} stops working at "
+        f"{old_record.expires_at:%Y-%m-%d %H:%M:%S} UTC."
+    )
+    keys = KeyManager(SQLKeyStore(f"sqlite:///{database}"))
+    try:
+        assert keys.authenticate(key).id == new_record.id
+        assert keys.authenticate(old["key"]).id == old_record.id  # the overlap
+    finally:
+        keys.close()
+        keys.store.close()  # type: ignore[attr-defined]
+
+
+def test_roll_json_is_one_document_like_create(run: Any, database: Path) -> None:
+    old = create_json(run, project="p")["record"]
+    result = run("roll", old["id"], "--overlap", "0", "--expires-in", "30d", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert list(document) == ["key", "record"]
+    assert list(document["record"]) == RECORD_FIELDS
+    new_record, old_record = stored(database, "p")
+    assert document["record"] == new_record.to_dict()
+    assert new_record.expires_at is not None
+    assert old_record.revoked  # --overlap 0
+
+
+def test_roll_refusals_are_one_line_and_change_nothing(
+    run: Any, database: Path
+) -> None:
+    issued = create_json(run, project="p")
+    record = issued["record"]
+    cases = [
+        (["roll", "no-such-id"], 1, "no API key with this id"),
+        (["roll", issued["key"]], 2, "that is an API key, not a key id"),
+        (["roll", record["id"], "--overlap", "-1h"], 2, "not a duration"),
+        (["roll", record["id"], "--overlap", "1w"], 2, "not a duration"),
+        (["roll", record["id"], "--rolled-by", ""], 2, "rolled_by must not be empty"),
+        (
+            ["roll", record["id"], "--expires-at", "2999-01-01T00:00"],
+            2,
+            "give a UTC offset",
+        ),
+        (["roll"], 2, "Missing argument 'KEY_ID'"),
+    ]
+    for args, exit_code, message in cases:
+        result = run(*args)
+        assert_one_line_error(result, exit_code, message)
+        assert issued["key"] not in result.stderr
+    assert [key.to_dict() for key in stored(database, "p")] == [record]
+    assert run("revoke", record["id"]).exit_code == 0
+    assert_one_line_error(run("roll", record["id"]), 1, "is revoked")
+    assert len(stored(database, "p")) == 1
+
+
+def test_list_shows_last_use_expiry_and_status(run: Any, database: Path) -> None:
+    used = create_json(run, project="p", name="used")
+    expiring = run(
+        "create", "--project", "p", "--name", "short", "--expires-in", "1s", "--json"
+    )
+    gone = create_json(run, project="p", name="gone")["record"]
+    assert run("revoke", gone["id"]).exit_code == 0
+    keys = KeyManager(SQLKeyStore(f"sqlite:///{database}"))
+    keys.authenticate(used["key"])
+    keys.close()  # writes the last use
+    keys.store.close()  # type: ignore[attr-defined]
+    time.sleep(1.1)
+    result = run("list", "--project", "p", "--all")
+    assert result.exit_code == 0
+    header, *rows = result.stdout.splitlines()
+    assert header.index("LAST USED") < header.index("EXPIRES") < header.index("STATUS")
+    by_name = {row.split()[1]: row for row in rows}
+    assert by_name["gone"].rstrip().endswith("revoked")
+    assert by_name["short"].rstrip().endswith("expired")
+    assert by_name["used"].rstrip().endswith("active")
+    (last_used,) = [r.last_used_at for r in stored(database, "p") if r.name == "used"]
+    assert last_used is not None
+    assert f"{last_used:%Y-%m-%d %H:%M:%S} UTC" in by_name["used"]
+    assert "never" in by_name["used"]  # no expiry
+    expires_at = json.loads(expiring.stdout)["record"]["expires_at"]
+    assert f"{iso(expires_at):%Y-%m-%d %H:%M:%S} UTC" in by_name["short"]
+    # Expired keys are listed without --all; revoked ones are not.
+    active = run("list", "--project", "p", "--json")
+    names = [record["name"] for record in json.loads(active.stdout)]
+    assert names == ["short", "used"]
+    document = json.loads(run("list", "--project", "p", "--all", "--json").stdout)
+    assert all(list(record) == RECORD_FIELDS for record in document)
+    assert [record["last_used_at"] is not None for record in document] == [
+        False,
+        False,
+        True,
+    ]
+
+
+def test_a_new_key_is_stored_inactive_until_it_was_written_out() -> None:
+    """create and roll: add (inactive), print, then one activating write."""
+    from conftest import CountingHasher
+
+    from vemetric_auth import InMemoryKeyStore
+    from vemetric_auth.cli import COMMANDS, CommandGroup, KeysOpener
+
+    events: list[str] = []
+
+    class Store(InMemoryKeyStore):
+        def add(self, record: ApiKey, key_hash: str) -> None:
+            inactive = record.expires_at is not None and (
+                record.expires_at <= record.created_at
+            )
+            events.append("add inactive" if inactive else "add active")
+            super().add(record, key_hash)
+
+        def set_expiry(self, key_id: str, expires_at: Any) -> Any:
+            events.append("set_expiry")
+            return super().set_expiry(key_id, expires_at)
+
+        def roll(self, old_key_id: str, new_key_id: str, **kwargs: Any) -> Any:
+            events.append("roll")
+            return super().roll(old_key_id, new_key_id, **kwargs)
+
+    keys = KeyManager(Store(), hasher=CountingHasher())
+    group = CommandGroup("keys", commands=COMMANDS)
+
+    def invoke(*args: str) -> Result:
+        # The output is captured as it is written: the store's events up to
+        # the write are those before the key was shown.
+        return CliRunner().invoke(group, list(args), obj=KeysOpener(lambda: keys))
+
+    created = invoke("create", "--project", "p", "--name", "n", "--json")
+    assert created.exit_code == 0
+    assert events == ["add inactive", "set_expiry"]
+    record = json.loads(created.stdout)["record"]
+    events.clear()
+    rolled = invoke("roll", record["id"], "--json")
+    assert rolled.exit_code == 0
+    assert events == ["add inactive", "roll"]
+    assert keys.authenticate(json.loads(rolled.stdout)["key"]).active
+
+
+def test_a_store_of_the_six_methods_creates_keys_but_can_not_roll(
+    flaky_keys: KeyManager,
+) -> None:
+    from vemetric_auth.cli import COMMANDS, CommandGroup, KeysOpener
+
+    group = CommandGroup("keys", commands=COMMANDS)
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(group, list(args), obj=KeysOpener(lambda: flaky_keys))
+
+    created = invoke("create", "--project", "p", "--name", "n", "--json")
+    assert created.exit_code == 0
+    document = json.loads(created.stdout)
+    assert flaky_keys.authenticate(document["key"]).id == document["record"]["id"]
+    rolled = invoke("roll", document["record"]["id"])
+    assert_one_line_error(rolled, 1, "FlakyStore lacks set_expiry and roll")
+
+
+def test_the_command_closes_its_key_manager(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vemetric_auth.cli as cli_module
+
+    closed: list[KeyManager] = []
+
+    class Closing(KeyManager):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(cli_module, "KeyManager", Closing)
+    record = create_json(run)["record"]
+    assert len(closed) == 1
+    assert run("list", "--project", "proj_1").exit_code == 0
+    assert run("roll", record["id"]).exit_code == 0
+    assert len(closed) == 3
+    assert run("roll", "nope").exit_code == 1  # closed after a failure too
+    assert len(closed) == 4
+
+
+def test_flask_vemetric_auth_rolls_too(tmp_path: Path) -> None:
+    from flask import Flask, g
+
+    from vemetric_auth.flask import VemetricAuth
+
+    app = Flask(__name__)
+    app.config["VEMETRIC_AUTH_DATABASE_URL"] = f"sqlite:///{tmp_path / 'keys.db'}"
+    VemetricAuth(app)
+
+    @app.get("/v1/key")
+    def key() -> dict[str, Any]:
+        return {"id": g.api_key.id, "expires_at": g.api_key.to_dict()["expires_at"]}
+
+    runner = app.test_cli_runner()
+    client = app.test_client()
+
+    def call(key: str) -> Any:
+        return client.get("/v1/key", headers={"Authorization": f"Bearer {key}"})
+
+    try:
+        created = runner.invoke(
+            args=[
+                "vemetric-auth",
+                "create",
+                "--project",
+                "p",
+                "--name",
+                "n",
+                "--expires-in",
+                "90d",
+                "--json",
+            ]
+        )
+        assert created.exit_code == 0, created.output
+        old = json.loads(created.stdout)
+        assert call(old["key"]).json == {
+            "id": old["record"]["id"],
+            "expires_at": old["record"]["expires_at"],
+        }
+        rolled = runner.invoke(
+            args=[
+                "vemetric-auth",
+                "roll",
+                old["record"]["id"],
+                "--overlap",
+                "0",
+                "--json",
+            ]
+        )
+        assert rolled.exit_code == 0, rolled.output
+        new = json.loads(rolled.stdout)
+        assert call(new["key"]).json == {"id": new["record"]["id"], "expires_at": None}
+        assert call(old["key"]).status_code == 401
+        listed = runner.invoke(args=["vemetric-auth", "list", "--project", "p"])
+        assert "LAST USED" in listed.stdout
+        assert "EXPIRES" in listed.stdout
+    finally:
+        app.extensions["vemetric_auth"].keys.store.close()
+
+
+# -- nothing active that nobody saw: interrupted create and roll -------------------
+
+SLOW_SCRIPT = Path(__file__).parent / "cli_slow_store.py"
+
+
+def start_slow(
+    database: Path, mark: Path, args: list[str], **env: str
+) -> subprocess.Popen[str]:
+    """Run the commands on a store whose writes named in SLOW are slow."""
+    return subprocess.Popen(
+        [sys.executable, str(SLOW_SCRIPT), str(database), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(SLOW_MARK=str(mark), **env),
+    )
+
+
+def wait_for(path: Path, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.02)
+
+
+def existing_key(database: Path) -> tuple[str, ApiKey]:
+    keys = KeyManager(SQLKeyStore(f"sqlite:///{database}"))
+    try:
+        issued = keys.create("p", "Prod")
+    finally:
+        keys.close()
+        keys.store.close()  # type: ignore[attr-defined]
+    return issued.key, issued.record
+
+
+def assert_no_active_key_unseen(
+    database: Path, shown: str, old: ApiKey | None = None
+) -> list[ApiKey]:
+    """Every active key of the store was written out (or is the old key, as
+    it was, or as the roll left it once the new key was written out)."""
+    printed = KEY_PATTERN.findall(shown)
+    records = stored(database, "p")
+    new = [record for record in records if old is None or record.id != old.id]
+    for record in new:
+        if record.active:
+            assert any(key.startswith(record.prefix[:-3]) for key in printed), record
+    if old is not None:
+        (now,) = [record for record in records if record.id == old.id]
+        if not printed:
+            assert now == old  # the roll changed nothing
+    return new
+
+
+COMMANDS_TO_INTERRUPT = [
+    pytest.param("create", "add", id="create-slow-add"),
+    pytest.param("create", "set_expiry", id="create-slow-activation"),
+    pytest.param("roll", "add", id="roll-slow-add"),
+    pytest.param("roll", "roll", id="roll-slow-roll"),
+]
+
+
+def command_args(command: str, old: ApiKey) -> list[str]:
+    if command == "create":
+        return ["create", "--project", "p", "--name", "n"]
+    return ["roll", old.id, "--overlap", "0"]
+
+
+@pytest.mark.parametrize("signal", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(("command", "slow"), COMMANDS_TO_INTERRUPT)
+def test_a_signal_during_a_slow_write_leaves_no_active_key_unseen(
+    tmp_path: Path, command: str, slow: str, signal: str
+) -> None:
+    import signal as signals
+
+    database, mark = tmp_path / "keys.db", tmp_path / "mark"
+    _, old = existing_key(database)
+    process = start_slow(database, mark, command_args(command, old), SLOW=slow)
+    try:
+        wait_for(mark)
+        process.send_signal(getattr(signals, signal))
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert "Traceback" not in stderr
+    new = assert_no_active_key_unseen(database, stdout, old)
+    if slow == "add":
+        # Interrupted before the key was shown: stored, if at all, inactive.
+        assert KEY_PATTERN.findall(stdout) == []
+        assert all(not record.active for record in new)
+
+
+@pytest.mark.parametrize(("command", "slow"), COMMANDS_TO_INTERRUPT)
+def test_a_store_answering_after_the_timeout_leaves_no_active_key_unseen(
+    tmp_path: Path, command: str, slow: str
+) -> None:
+    database, mark = tmp_path / "keys.db", tmp_path / "mark"
+    _, old = existing_key(database)
+    process = start_slow(
+        database,
+        mark,
+        command_args(command, old),
+        SLOW=slow,
+        SLOW_SECONDS="2",
+        STORE_TIMEOUT="0.5",
+    )
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.startswith("Error: ")
+    assert stderr.count("\n") == 1
+    new = assert_no_active_key_unseen(database, stdout, old)
+    if slow == "add":
+        assert "the key store failed" in stderr
+        assert stdout == ""
+    else:
+        # Shown, then the activation landed without a timely answer: the
+        # new key works (and the old one is revoked, --overlap 0).
+        assert "could not confirm that the new key" in stderr
+        (record,) = new
+        (key,) = KEY_PATTERN.findall(stdout)
+        assert key.startswith(record.prefix[:-3])
+        assert record.active
+        if command == "roll":
+            assert stored(database, "p")[-1].revoked
+
+
+@pytest.mark.parametrize("command", ["create", "roll"])
+def test_a_closed_stdout_pipe_leaves_no_active_key(
+    tmp_path: Path, command: str
+) -> None:
+    database, mark = tmp_path / "keys.db", tmp_path / "mark"
+    _, old = existing_key(database)
+    # The reader goes away while the new key is being stored.
+    process = start_slow(
+        database, mark, command_args(command, old), SLOW="add", SLOW_SECONDS="1"
+    )
+    with process:
+        wait_for(mark)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()
+        stderr = process.stderr.read()
+        assert process.wait(timeout=60) == 1
+    assert stderr.startswith("Error: could not write the new key")
+    assert stderr.count("\n") == 1
+    (record,) = assert_no_active_key_unseen(database, "", old)
+    assert record.revoked
+    assert stored(database, "p")[-1] == old

@@ -674,3 +674,44 @@ def test_a_fork_while_another_thread_holds_the_memory_stores_lock() -> None:
         leave.set()
         holding.thread.join(10)
     assert _child_status(pid) == 0
+
+
+# -- worker threads that can not start ------------------------------------------------
+
+
+def test_a_thread_that_cannot_start_does_not_stall_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process at its thread limit for a moment: the request that could get
+    no argon2 thread is answered 503, and the next ones are served once threads
+    start again, instead of waiting for a thread that never ran."""
+    from vemetric_auth import StoreUnavailable
+    from vemetric_auth._workers import Workers
+
+    monkeypatch.setattr(Workers, "idle_timeout", 0.2)
+    keys = KeyManager(InMemoryKeyStore(), hasher=CountingHasher(), max_verifications=1)
+    first = keys.create("p1", "first")
+    second = keys.create("p1", "second")
+    time.sleep(0.6)  # the threads that hashed the keys end
+
+    real_start = threading.Thread.start
+    failures = [RuntimeError("can't start new thread")]
+
+    def start(thread: threading.Thread) -> None:
+        if failures and thread.name.startswith("vemetric-auth-argon2"):
+            raise failures.pop()
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(StoreUnavailable):
+        keys.authenticate(first.key)
+    outcome: list[object] = []
+    worker = threading.Thread(
+        target=lambda: outcome.extend(
+            [keys.authenticate(first.key), keys.authenticate(second.key)]
+        )
+    )
+    real_start(worker)
+    worker.join(10)
+    assert outcome == [first.record, second.record]
+    keys.close()

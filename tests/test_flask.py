@@ -834,9 +834,11 @@ def test_an_app_factory_making_300_apps_leaves_no_worker_thread(
     import threading
     import time
 
-    from vemetric_auth import _workers
+    from vemetric_auth import _last_use, _workers
 
     monkeypatch.setattr(_workers.Workers, "idle_timeout", 0.2)
+    # Each app's last-use stamps are written 0.2 s after its request, not 60 s.
+    monkeypatch.setattr(_last_use.LastUse, "_interval", 0.2)
 
     def threads() -> set[threading.Thread]:
         return {

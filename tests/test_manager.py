@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -682,10 +683,12 @@ def wait_for_no_worker_threads(before: set[threading.Thread], within: float) -> 
 
 @pytest.fixture
 def short_idle(monkeypatch: pytest.MonkeyPatch) -> float:
-    """Worker threads end after 0.2 s without work instead of 30 s."""
-    from vemetric_auth import _workers
+    """Worker threads end after 0.2 s without work instead of 30 s, and
+    last-use stamps are written 0.2 s after they are made instead of 60 s."""
+    from vemetric_auth import _last_use, _workers
 
     monkeypatch.setattr(_workers.Workers, "idle_timeout", 0.2)
+    monkeypatch.setattr(_last_use.LastUse, "_interval", 0.2)
     return 0.2
 
 
@@ -717,7 +720,11 @@ def test_close_stops_the_threads_and_later_calls_fail_cleanly(
     with pytest.raises(ValueError, match="empty"):
         keys.create("p1", " ")
     assert worker_threads() - before == set()
-    assert memory_store.get(issued.record.id) == issued.record  # store left open
+    # The store is left open; close() wrote the key's last use to it.
+    stored = memory_store.get(issued.record.id)
+    assert stored is not None
+    assert stored.last_used_at is not None
+    assert dataclasses.replace(stored, last_used_at=None) == issued.record
 
 
 def test_a_with_block_closes_the_manager(memory_store: InMemoryKeyStore) -> None:

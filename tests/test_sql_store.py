@@ -31,8 +31,10 @@ from vemetric_auth import (
     InvalidApiKey,
     KeyManager,
     KeyStore,
+    RollingKeyStore,
     SQLKeyStore,
     StoreUnavailable,
+    UsageRecordingKeyStore,
     generate_key,
 )
 from vemetric_auth.stores.sql import DEFAULT_TABLE_NAME, create_table_sql
@@ -750,6 +752,279 @@ def test_a_prefix_collision_at_creation_draws_again(
     }
     assert keys.authenticate(first.key) == first.record
     assert keys.authenticate(second.key) == second.record
+
+
+# -- key lifecycle: expiry, rolling, last use ---------------------------------
+
+
+@pytest.fixture
+def statements(sql_store: SQLKeyStore) -> Iterator[list[str]]:
+    """The SQL statements the store sends from now on (after creating its table)."""
+    sql_store.create_table()
+    seen: list[str] = []
+
+    def before(*args: Any) -> None:
+        seen.append(args[2])  # conn, cursor, statement, parameters, ...
+
+    sa.event.listen(sql_store.engine, "before_cursor_execute", before)
+    yield seen
+    sa.event.remove(sql_store.engine, "before_cursor_execute", before)
+
+
+def _updates(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+
+
+def _fill(store: SQLKeyStore, count: int) -> list[str]:
+    """Insert *count* records in one go; return their ids."""
+    store.create_table()
+    records = [make_record(minutes=n) for n in range(count)]
+    rows = [
+        {
+            "id": record.id,
+            "project_id": record.project_id,
+            "name": record.name,
+            "prefix": record.prefix,
+            "hash": "hash",
+            "created_at": record.created_at,
+        }
+        for record in records
+    ]
+    with store.engine.begin() as connection:
+        connection.execute(store.table.insert(), rows)
+    return [record.id for record in records]
+
+
+def _stored_stamps(store: SQLKeyStore) -> dict[str, datetime | None]:
+    t = store.table
+    with store.engine.connect() as connection:
+        rows = connection.execute(sa.select(t.c.id, t.c.last_used_at)).all()
+    return {row.id: row.last_used_at for row in rows}
+
+
+def test_record_use_of_10000_keys_is_one_statement(
+    sql_store: SQLKeyStore, statements: list[str]
+) -> None:
+    ids = _fill(sql_store, 10_000)
+    base = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    stamps = {key_id: base + timedelta(microseconds=n) for n, key_id in enumerate(ids)}
+    statements.clear()
+    sql_store.record_use(stamps)
+    (update,) = _updates(statements)
+    fast = "unnest" if sql_store.engine.dialect.name == "postgresql" else "VALUES"
+    assert fast in update
+    assert _stored_stamps(sql_store) == stamps
+
+
+def test_record_use_writes_one_statement_per_chunk(
+    sql_store: SQLKeyStore, statements: list[str]
+) -> None:
+    ids = _fill(sql_store, 50)
+    sql_store._max_stamps_per_statement = 7
+    base = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    stamps = {key_id: base + timedelta(seconds=n) for n, key_id in enumerate(ids)}
+    statements.clear()
+    sql_store.record_use(stamps)
+    assert len(_updates(statements)) == 8  # ceil(50 / 7)
+    assert _stored_stamps(sql_store) == stamps
+
+
+def test_record_use_on_other_databases_goes_key_by_key(
+    sql_store: SQLKeyStore, statements: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_store, "_dialect_name", "another-database")
+    _check_key_by_key(sql_store, statements)
+
+
+def test_record_use_on_sqlite_before_3_33_goes_key_by_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SQLKeyStore(f"sqlite:///{tmp_path / 'keys.db'}") as store:
+        store.create_table()
+        # UPDATE ... FROM came in SQLite 3.33.
+        monkeypatch.setattr(store.engine.dialect, "server_version_info", (3, 31, 1))
+        seen: list[str] = []
+        sa.event.listen(
+            store.engine, "before_cursor_execute", lambda *a: seen.append(a[2])
+        )
+        _check_key_by_key(store, seen)
+
+
+def _check_key_by_key(store: SQLKeyStore, statements: list[str]) -> None:
+    ids = _fill(store, 30)
+    base = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    store.record_use({ids[0]: base + timedelta(hours=1)})
+    stamps = {key_id: base + timedelta(seconds=n) for n, key_id in enumerate(ids)}
+    unknown = {uuid.uuid4().hex: base}
+    statements.clear()
+    store.record_use({**stamps, **unknown})
+    updates = _updates(statements)
+    assert updates
+    assert all("unnest" not in s and "VALUES" not in s for s in updates)
+    assert _stored_stamps(store) == {**stamps, ids[0]: base + timedelta(hours=1)}
+
+
+def test_record_use_is_all_or_nothing(sql_store: SQLKeyStore) -> None:
+    ids = _fill(sql_store, 20)
+    sql_store._max_stamps_per_statement = 5
+    base = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    stamps: dict[str, Any] = {key_id: base for key_id in ids}
+    stamps[ids[-1]] = datetime(2026, 5, 1)  # naive: refused before any write
+    with pytest.raises(ValueError, match="timezone-aware") as raised:
+        sql_store.record_use(stamps)
+    assert not isinstance(raised.value, sa.exc.SQLAlchemyError)
+    assert set(_stored_stamps(sql_store).values()) == {None}
+
+    calls = 0
+
+    def fail_on_third_statement(*args: Any) -> None:
+        nonlocal calls
+        if "last_used_at" in args[2]:
+            calls += 1
+            if calls == 3:
+                raise OSError("the database went away")
+
+    sa.event.listen(sql_store.engine, "before_cursor_execute", fail_on_third_statement)
+    try:
+        with pytest.raises(OSError, match="went away"):
+            sql_store.record_use(dict.fromkeys(ids, base))
+    finally:
+        sa.event.remove(
+            sql_store.engine, "before_cursor_execute", fail_on_third_statement
+        )
+    assert set(_stored_stamps(sql_store).values()) == {None}
+
+
+def test_a_roll_that_fails_half_way_changes_nothing(sql_store: SQLKeyStore) -> None:
+    old = make_record()
+    new = dataclasses.replace(make_record(minutes=1), expires_at=old.created_at)
+    sql_store.add(old, "hash")
+    sql_store.add(new, "hash")
+
+    def fail_on_revoke(*args: Any) -> None:
+        statement = args[2]
+        if statement.lstrip().startswith("UPDATE") and "revoked_by" in statement:
+            raise OSError("the database went away")
+
+    sa.event.listen(sql_store.engine, "before_cursor_execute", fail_on_revoke)
+    try:
+        with pytest.raises(OSError, match="went away"):
+            sql_store.roll(
+                old.id,
+                new.id,
+                new_expires_at=None,
+                old_expires_at=None,
+                revoked_at=datetime(2026, 2, 1, tzinfo=timezone.utc),
+                revoked_by="carol",
+            )
+    finally:
+        sa.event.remove(sql_store.engine, "before_cursor_execute", fail_on_revoke)
+    # The new key was activated first, then the revocation failed: both undone.
+    assert sql_store.get(new.id) == new
+    assert sql_store.get(old.id) == old
+
+
+def test_a_roll_waits_for_a_revocation_in_progress_and_sees_it(
+    sql_store: SQLKeyStore, engine_for: Callable[..., sa.Engine]
+) -> None:
+    old = make_record()
+    new = dataclasses.replace(make_record(minutes=1), expires_at=old.created_at)
+    sql_store.add(old, "hash")
+    sql_store.add(new, "hash")
+    t = sql_store.table
+    outcome: list[object] = []
+
+    def roll() -> None:
+        try:
+            outcome.append(
+                sql_store.roll(
+                    old.id,
+                    new.id,
+                    new_expires_at=None,
+                    old_expires_at=datetime(2026, 3, 1, tzinfo=timezone.utc),
+                    revoked_at=None,
+                    revoked_by=None,
+                )
+            )
+        except BaseException as exc:  # inspected below
+            outcome.append(exc)
+
+    with engine_for().begin() as connection:
+        # Another process's revocation, not committed yet.
+        connection.execute(
+            t.update()
+            .where(t.c.id == old.id)
+            .values(revoked_at=datetime(2026, 2, 1, tzinfo=timezone.utc))
+        )
+        thread = threading.Thread(target=roll)
+        thread.start()
+        thread.join(timeout=0.5)
+        assert thread.is_alive(), "the roll did not wait for the revocation"
+    thread.join(timeout=10)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ValueError), outcome
+    assert sql_store.get(new.id) == new  # still inactive
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(
+            lambda s, a, b: s.set_expiry(a, datetime(2027, 1, 1)), id="expiry"
+        ),
+        pytest.param(
+            lambda s, a, b: s.roll(
+                a,
+                b,
+                new_expires_at=datetime(2027, 1, 1),
+                old_expires_at=None,
+                revoked_at=None,
+                revoked_by=None,
+            ),
+            id="roll-new",
+        ),
+        pytest.param(
+            lambda s, a, b: s.roll(
+                a,
+                b,
+                new_expires_at=None,
+                old_expires_at=datetime(2027, 1, 1),
+                revoked_at=None,
+                revoked_by=None,
+            ),
+            id="roll-old",
+        ),
+        pytest.param(
+            lambda s, a, b: s.roll(
+                a,
+                b,
+                new_expires_at=None,
+                old_expires_at=None,
+                revoked_at=datetime(2027, 1, 1),
+                revoked_by="x",
+            ),
+            id="roll-revoked",
+        ),
+        pytest.param(lambda s, a, b: s.record_use({a: datetime(2027, 1, 1)}), id="use"),
+    ],
+)
+def test_naive_datetimes_are_refused_by_the_lifecycle_methods(
+    sql_store: SQLKeyStore, call: Callable[[SQLKeyStore, str, str], object]
+) -> None:
+    old = make_record()
+    new = dataclasses.replace(make_record(minutes=1), expires_at=old.created_at)
+    sql_store.add(old, "hash")
+    sql_store.add(new, "hash")
+    with pytest.raises(ValueError, match="timezone-aware") as raised:
+        call(sql_store, old.id, new.id)
+    assert not isinstance(raised.value, sa.exc.SQLAlchemyError)
+    assert sql_store.get(old.id) == old
+    assert sql_store.get(new.id) == new
+
+
+def test_the_sql_store_has_every_capability(sql_store: SQLKeyStore) -> None:
+    assert isinstance(sql_store, RollingKeyStore)
+    assert isinstance(sql_store, UsageRecordingKeyStore)
 
 
 # -- revocation across managers and processes --------------------------------

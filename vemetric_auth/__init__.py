@@ -24,7 +24,12 @@ from .keys import display_prefix, generate_key, is_valid_format
 from .manager import KeyManager
 from .middleware import ApiKeyMiddleware
 from .records import ApiKey, IssuedKey
-from .stores import InMemoryKeyStore, KeyStore
+from .stores import (
+    InMemoryKeyStore,
+    KeyStore,
+    RollingKeyStore,
+    UsageRecordingKeyStore,
+)
 
 if TYPE_CHECKING:
     from .stores.sql import SQLKeyStore
@@ -46,8 +51,10 @@ __all__ = [
     "KeyStore",
     "MalformedAuthorizationHeader",
     "MissingApiKey",
+    "RollingKeyStore",
     "SQLKeyStore",
     "StoreUnavailable",
+    "UsageRecordingKeyStore",
     "display_prefix",
     "generate_key",
     "is_valid_format",

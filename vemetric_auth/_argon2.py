@@ -72,6 +72,9 @@ class Argon2Threads:
         except (RuntimeError, CancelledError) as exc:
             # Closed, before or during the call: the threads are gone.
             raise StoreUnavailable("this KeyManager is closed") from exc
+        except TimeoutError as exc:
+            # No thread could be started for the call: fail closed, for now.
+            raise StoreUnavailable("argon2 could not be run") from exc
 
     def _verify(self, key_hash: str, secret: Secret) -> tuple[Verdict, str | None]:
         hasher = self.hasher

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 
 from ._argon2 import Argon2Threads, Verdict
-from ._cache import VerifiedKeys
+from ._cache import Verified, VerifiedKeys
+from ._last_use import LastUse
 from ._secret import Secret
 from ._store_calls import StoreCalls
 from ._turns import KeyTurns
@@ -25,6 +27,15 @@ class Verifier:
     A key's first use looks its display prefix up and runs argon2; a key whose
     cache entry is stale has its record read again, without argon2. Requests
     for one key take turns, so a burst of them runs argon2 once.
+
+    A key is refused once its :attr:`~ApiKey.expires_at` has come, to the
+    instant: an entry's :attr:`~Verified.fresh_until` is the earlier of
+    ``cache_ttl`` seconds after the read and the expiry, both on the
+    monotonic clock, so the cached path compares one number as before; an
+    entry past its expiry but not its ``cache_ttl`` is refused from its own
+    record, without a store call. The expiry is carried to the monotonic
+    clock at each read, so a change of the system clock is followed within
+    ``cache_ttl`` seconds.
     """
 
     def __init__(
@@ -33,12 +44,14 @@ class Verifier:
         argon2: Argon2Threads,
         cache: VerifiedKeys,
         cache_ttl: float,
+        last_use: LastUse,
     ) -> None:
         self._call_store = store_calls
         self._store = store_calls.store
         self._argon2 = argon2
         self._cache = cache
         self._cache_ttl = cache_ttl
+        self._last_use = last_use
         self._turns = KeyTurns()
 
     def verify(self, secret: Secret, digest: bytes) -> ApiKey:
@@ -62,10 +75,23 @@ class Verifier:
                 raise StoreUnavailable()
             entry = self._cache.get(digest)
             if entry is None:
-                return self._first_use(secret, digest, deadline)
-            if time.monotonic() < entry[1]:
-                return entry[0]
-            return self._recheck(digest, entry[0], deadline)
+                record = self._first_use(secret, digest, deadline)
+            else:
+                now = time.monotonic()
+                if now < entry.fresh_until:
+                    record = entry.record
+                elif now < entry.checked_until:
+                    # Stale before its cache_ttl ran out: it expired.
+                    logger.info(
+                        "rejected expired key %s (%s)",
+                        entry.record.id,
+                        entry.record.prefix,
+                    )
+                    raise InvalidApiKey()
+                else:
+                    record = self._recheck(digest, entry.record, deadline)
+        self._last_use.note(record.id, time.monotonic())
+        return record
 
     def _first_use(
         self, secret: Secret, digest: bytes, deadline: float | None
@@ -73,7 +99,10 @@ class Verifier:
         prefix = display_prefix(secret.value)
         generation = self._cache.generation
         # Freshness counts from the read, not from the end of the verification.
+        # The monotonic clock is read first: an expiry carried over from the
+        # wall clock then falls a hair early, never late.
         read_at = time.monotonic()
+        wall_at = datetime.now(timezone.utc)
         found = self._call_store(
             "looking a key up", self._store.find_by_prefix, prefix, deadline=deadline
         )
@@ -83,6 +112,11 @@ class Verifier:
         record, key_hash = found
         if record.revoked_at is not None:
             logger.info("rejected revoked key %s (%s)", record.id, prefix)
+            raise InvalidApiKey()
+        if _expired(record):
+            # Refused before argon2, and not cached: a key created inactive
+            # (already expired) is activated by a later write.
+            logger.info("rejected expired key %s (%s)", record.id, prefix)
             raise InvalidApiKey()
         verdict, new_hash = self._argon2.verify(key_hash, secret)
         if verdict is Verdict.MISMATCH:
@@ -109,13 +143,17 @@ class Verifier:
                 logger.warning("could not store the new hash of key %s", record.id)
             else:
                 logger.info("rehashed key %s with the current parameters", record.id)
-        self._cache.put(digest, record, read_at + self._cache_ttl, generation)
+        if _expired(record):  # while argon2 ran
+            logger.info("rejected expired key %s (%s)", record.id, prefix)
+            raise InvalidApiKey()
+        self._cache.put(digest, self._entry(record, read_at, wall_at), generation)
         logger.debug("authenticated key %s (%s)", record.id, prefix)
         return record
 
     def _recheck(self, digest: bytes, cached: ApiKey, deadline: float | None) -> ApiKey:
         generation = self._cache.generation
         read_at = time.monotonic()
+        wall_at = datetime.now(timezone.utc)
         record = self._call_store(
             "reading a key", self._store.get, cached.id, deadline=deadline
         )
@@ -123,5 +161,26 @@ class Verifier:
             self._cache.forget(cached.id)
             logger.info("rejected revoked key %s (%s)", cached.id, cached.prefix)
             raise InvalidApiKey()
-        self._cache.put(digest, record, read_at + self._cache_ttl, generation)
+        # Kept even when expired: until cache_ttl runs out, its uses are
+        # refused without a store call (see verify).
+        self._cache.put(digest, self._entry(record, read_at, wall_at), generation)
+        if _expired(record):
+            logger.info("rejected expired key %s (%s)", record.id, record.prefix)
+            raise InvalidApiKey()
         return record
+
+    def _entry(self, record: ApiKey, read_at: float, wall_at: datetime) -> Verified:
+        """The cache entry of *record*, read at *read_at* (monotonic), which
+        was *wall_at* on the wall clock."""
+        checked_until = read_at + self._cache_ttl
+        fresh_until = checked_until
+        if record.expires_at is not None:
+            expires = read_at + (record.expires_at - wall_at).total_seconds()
+            fresh_until = min(fresh_until, expires)
+        return Verified(record, fresh_until, checked_until)
+
+
+def _expired(record: ApiKey) -> bool:
+    return record.expires_at is not None and (
+        datetime.now(timezone.utc) >= record.expires_at
+    )

@@ -69,7 +69,8 @@ class Workers:
     def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
         """Queue ``fn(*args)`` for a worker thread.
 
-        :raises TimeoutError: the backlog is full.
+        :raises TimeoutError: the backlog is full, or no thread could be
+            started to run the call.
         :raises RuntimeError: the pool is closed.
         """
         future: Future[_T] = Future()
@@ -81,19 +82,33 @@ class Workers:
                 and self._pending >= self._size + self._backlog
             ):
                 raise TimeoutError("all worker threads are busy")
+            if self._queued >= self._waiting and len(self._threads) < self._size:
+                self._start_thread()
             self._pending += 1
             self._queued += 1
             self._queue.put((future, fn, args))
-            if self._queued > self._waiting and len(self._threads) < self._size:
-                thread = threading.Thread(
-                    target=self._work,
-                    name=f"{self._name}-{next(self._numbers)}",
-                    daemon=True,
-                )
-                self._threads.add(thread)
-                self._waiting += 1
-                thread.start()
         return future
+
+    def _start_thread(self) -> None:
+        # Under self._lock, before the call is queued: a thread that can not
+        # start (a process or container at its thread limit) then leaves the
+        # counts as they were, instead of counting a thread that never takes
+        # a call and stalling the pool for good.
+        thread = threading.Thread(
+            target=self._work,
+            name=f"{self._name}-{next(self._numbers)}",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:
+            if self._threads:
+                # The threads there are will take the call in their turn.
+                logger.warning("could not start another %s thread", self._name)
+                return
+            raise TimeoutError(f"could not start a {self._name} thread") from None
+        self._threads.add(thread)
+        self._waiting += 1
 
     def _work(self) -> None:
         while True:

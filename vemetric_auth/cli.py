@@ -1,4 +1,4 @@
-"""The ``vemetric-auth`` command: create, list and revoke API keys.
+"""The ``vemetric-auth`` command: create, roll, list and revoke API keys.
 
 Run as ``vemetric-auth`` or ``python -m vemetric_auth`` on the SQL store named by
 ``--database-url`` (or ``VEMETRIC_AUTH_DATABASE_URL``, default
@@ -7,9 +7,16 @@ as ``flask vemetric-auth``, on the app's own store.
 
 .. code-block:: text
 
-    vemetric-auth create --project P --name N [--created-by U] [--json]
+    vemetric-auth create --project P --name N [--created-by U]
+                         [--expires-in 90d | --expires-at 2026-12-31T00:00Z] [--json]
+    vemetric-auth roll KEY_ID [--overlap 24h] [--rolled-by U]
+                       [--expires-in 90d | --expires-at ISO8601] [--json]
     vemetric-auth list --project P [--all] [--json]
     vemetric-auth revoke KEY_ID [--revoked-by U] [--json]
+
+Durations are a whole number with ``s``, ``m``, ``h`` or ``d``, or ``0``.
+``--expires-at`` takes ISO 8601 with a UTC offset (``Z`` or ``+02:00``): a
+time without one is refused, as it could be read in more than one time zone.
 
 With ``--json``, stdout is exactly one JSON document. Any failure is one line
 on stderr: exit status 2 for a wrong command line (missing or bad options,
@@ -23,8 +30,15 @@ store through it only once their input is checked. click is not needed by the
 core package: install the ``cli`` extra (with ``postgres`` for a PostgreSQL
 store: ``pip install 'vemetric-auth[cli,postgres]'``).
 
-Security: the plaintext key of a new key is written to stdout of ``create``,
-once, and nowhere else: not to stderr, not to logs.
+Security: the plaintext key of a new key is written to stdout of ``create``
+(or ``roll``), once, and nowhere else: not to stderr, not to logs. A new key
+works only once it has been written out: it is stored inactive, printed, then
+activated (see :meth:`KeyManager.activate <vemetric_auth.KeyManager.activate>`),
+so an interrupted command (Ctrl-C or SIGTERM during a slow write, a closed
+pipe, a store that answers too late) never leaves a working key nobody saw.
+On a store without :class:`~vemetric_auth.stores.base.RollingKeyStore`'s
+methods, ``create`` stores the key active and revokes it if it cannot be
+written out, as earlier releases did.
 """
 
 from __future__ import annotations
@@ -33,10 +47,11 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 
 import click
@@ -45,7 +60,8 @@ from ._extras import install_hint
 from .errors import KeyNotFound, StoreUnavailable
 from .keys import holds_key
 from .manager import KeyManager
-from .records import ApiKey
+from .records import ApiKey, IssuedKey
+from .stores.base import RollingKeyStore
 
 __all__ = [
     "COMMANDS",
@@ -191,6 +207,10 @@ def _reported_errors() -> Iterator[None]:
         raise _Failure(str(error)) from None
     except StoreUnavailable as error:
         raise _Failure(_store_failure(error)) from None
+    except TypeError as error:
+        # A store that lacks what the command needs (rolling): KeyManager
+        # names what is missing.
+        raise _Failure(str(error)) from None
     except ValueError as error:
         # KeyManager validates its input before it writes anything.
         raise click.UsageError(str(error)) from None
@@ -246,7 +266,12 @@ def _open_sql_keys(
     except Exception as error:
         # SQLAlchemy's messages name the dialect and driver, never the password.
         raise _Failure(f"the key store failed: {_first_line(error)}") from None
-    return KeyManager(store)
+    keys = KeyManager(store)
+    # Run last first: the manager (its threads) when the command ends, then
+    # the store's connections.
+    ctx.call_on_close(store.close)
+    ctx.call_on_close(keys.close)
+    return keys
 
 
 def _missing_driver(driver: str | None, backend: str) -> str:
@@ -263,6 +288,90 @@ def _missing_driver(driver: str | None, backend: str) -> str:
             f"{install_hint('cli', 'postgres')}"
         )
     return f"the database driver {driver} is not installed: install it"
+
+
+# -- durations and times -------------------------------------------------------
+
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _duration_arg(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> timedelta | None:
+    """A duration: a whole number with ``s``, ``m``, ``h`` or ``d`` (``90d``,
+    ``12h``, ``30m``, ``45s``), or ``0``."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text == "0":
+        return timedelta(0)
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise click.BadParameter(
+            f"{_text(text)!r} is not a duration: give a number with s, m, h or d, "
+            "such as 90d, 12h or 30m, or 0"
+        )
+    number, unit = match.groups()
+    try:
+        return timedelta(**{_UNITS[unit]: int(number)})
+    except OverflowError:
+        raise click.BadParameter(f"{text} is too long a duration") from None
+
+
+def _moment_arg(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> datetime | None:
+    """A moment: ISO 8601 with a UTC offset, e.g. ``2026-12-31T00:00:00Z`` or
+    ``2026-12-31T01:00+01:00``; returned in UTC.
+
+    A time without an offset is refused: whether it means UTC or the local
+    time of the machine that runs the command is a guess, and an expiry
+    guessed wrong by hours is a key that stops early or works too long.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{_text(text)!r} is not an ISO 8601 time such as 2026-12-31T00:00:00Z"
+        ) from None
+    if moment.utcoffset() is None:
+        raise click.BadParameter(
+            "give a UTC offset, such as 2026-12-31T00:00:00Z or "
+            "2026-12-31T01:00:00+01:00: a time without one is ambiguous"
+        )
+    return moment.astimezone(timezone.utc)
+
+
+def _expiry(
+    expires_in: timedelta | None, expires_at: datetime | None
+) -> datetime | None:
+    """The new key's expiry from ``--expires-in`` or ``--expires-at``."""
+    if expires_in is not None and expires_at is not None:
+        raise click.UsageError(
+            "--expires-in and --expires-at are mutually exclusive: give one"
+        )
+    if expires_in is None:
+        if expires_at is not None and expires_at <= datetime.now(timezone.utc):
+            raise click.BadParameter(
+                "that time has passed: give one in the future",
+                param_hint="'--expires-at'",
+            )
+        return expires_at
+    if expires_in <= timedelta(0):
+        raise click.BadParameter(
+            "the key would expire at once: give a duration above 0",
+            param_hint="'--expires-in'",
+        )
+    try:
+        return datetime.now(timezone.utc) + expires_in
+    except OverflowError:
+        raise click.BadParameter(
+            "that is too far in the future", param_hint="'--expires-in'"
+        ) from None
 
 
 # -- output ------------------------------------------------------------------
@@ -282,13 +391,23 @@ def _when(moment: datetime | None) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _state(record: ApiKey) -> str:
+    """``active``, ``expired`` or ``revoked``, as of now."""
+    if record.revoked_at is not None:
+        return "revoked"
+    return "expired" if record.expired else "active"
+
+
 def _status(record: ApiKey) -> str:
-    if record.revoked_at is None:
-        return "active"
-    status = f"revoked {_when(record.revoked_at)}"
-    if record.revoked_by is not None:
-        status += f" by {_text(record.revoked_by)}"
-    return status
+    state = _state(record)
+    if state == "revoked":
+        status = f"revoked {_when(record.revoked_at)}"
+        if record.revoked_by is not None:
+            status += f" by {_text(record.revoked_by)}"
+        return status
+    if state == "expired":
+        return f"expired {_when(record.expires_at)}"
+    return state
 
 
 def _record_lines(record: ApiKey) -> list[str]:
@@ -299,13 +418,24 @@ def _record_lines(record: ApiKey) -> list[str]:
         ("prefix", record.prefix),
         ("created", _when(record.created_at)),
         ("created by", _text(record.created_by)),
+        ("last used", _when(record.last_used_at)),
+        ("expires", "never" if record.expires_at is None else _when(record.expires_at)),
         ("status", _status(record)),
     ]
     return [f"{label + ':':<12}{value}" for label, value in fields]
 
 
 def _table(records: Sequence[ApiKey]) -> list[str]:
-    header = ("ID", "NAME", "PREFIX", "CREATED", "CREATED BY", "STATUS")
+    header = (
+        "ID",
+        "NAME",
+        "PREFIX",
+        "CREATED",
+        "CREATED BY",
+        "LAST USED",
+        "EXPIRES",
+        "STATUS",
+    )
     rows = [
         (
             _text(record.id),
@@ -313,7 +443,9 @@ def _table(records: Sequence[ApiKey]) -> list[str]:
             record.prefix,
             _when(record.created_at),
             _text(record.created_by),
-            "revoked" if record.revoked else "active",
+            _when(record.last_used_at),
+            "never" if record.expires_at is None else _when(record.expires_at),
+            _state(record),
         )
         for record in records
     ]
@@ -355,10 +487,63 @@ def _unseen_key(keys: KeyManager, record: ApiKey, error: OSError) -> NoReturn:
     )
 
 
+def _refuse_closed_stdout() -> None:
+    if sys.stdout is None or sys.stdout.closed:
+        # The key would be created and never seen.
+        raise _Failure("standard output is closed: the new key could not be shown")
+
+
+def _show_new_key(
+    keys: KeyManager,
+    issued: IssuedKey,
+    *,
+    headline: str,
+    as_json: bool,
+    pending: bool,
+) -> None:
+    """Write the new key out, then (if *pending*) activate it: it works only
+    once written."""
+    record = issued.record
+    try:
+        if as_json:
+            _emit(document={"key": issued.key, "record": record.to_dict()})
+        else:
+            _emit([headline, "", f"    {issued.key}", "", *_record_lines(record)])
+    except OSError as error:
+        _unseen_key(keys, record, error)
+    if not pending:
+        return
+    try:
+        keys.activate(issued)
+    except StoreUnavailable as error:
+        # It was shown: whether it works is for the store to say.
+        raise _Failure(
+            f"could not confirm that the new key {record.id} was activated "
+            f"({_store_failure(error)}): 'list' shows whether it is active"
+        ) from None
+    except (KeyNotFound, ValueError) as error:
+        raise _Failure(
+            f"the new key {record.id} was not activated and never works ({error})"
+        ) from None
+
+
 # -- commands ----------------------------------------------------------------
 
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON document instead of text."
+)
+_expires_in_option = click.option(
+    "--expires-in",
+    callback=_duration_arg,
+    metavar="DURATION",
+    help="The new key stops working after this long: 90d, 12h, 30m, 45s.",
+)
+_expires_at_option = click.option(
+    "--expires-at",
+    callback=_moment_arg,
+    metavar="ISO8601",
+    help="The new key stops working then, e.g. 2026-12-31T00:00:00Z "
+    "(a UTC offset is needed).",
 )
 
 
@@ -380,6 +565,8 @@ _json_option = click.option(
 @click.option(
     "--created-by", callback=_text_arg, metavar="WHO", help="Who creates the key."
 )
+@_expires_in_option
+@_expires_at_option
 @_json_option
 @_pass_opener
 def create(
@@ -387,31 +574,107 @@ def create(
     project_id: str,
     name: str,
     created_by: str | None,
+    expires_in: timedelta | None,
+    expires_at: datetime | None,
     as_json: bool,
 ) -> None:
-    """Create a key for a project and print it, this once, with its record."""
-    if sys.stdout is None or sys.stdout.closed:
-        # The key would be created and never seen.
-        raise _Failure("standard output is closed: the new key could not be shown")
+    """Create a key for a project and print it, this once, with its record.
+
+    The key never expires unless --expires-in or --expires-at is given. It
+    works once it has been written out.
+    """
+    expires_at = _expiry(expires_in, expires_at)
+    _refuse_closed_stdout()
     keys = _keys(opener, existing=False)
+    # A store that cannot activate a key later gets it active at once, and
+    # revoked if it cannot be shown.
+    pending = isinstance(keys.store, RollingKeyStore)
     with _reported_errors():
-        issued = keys.create(project_id, name, created_by=created_by)
-    record = issued.record
-    try:
-        if as_json:
-            _emit(document={"key": issued.key, "record": record.to_dict()})
+        issued = keys.create(
+            project_id,
+            name,
+            created_by=created_by,
+            expires_at=expires_at,
+            pending=pending,
+        )
+    _show_new_key(
+        keys,
+        issued,
+        headline="API key created. Copy it now: it is shown only this once.",
+        as_json=as_json,
+        pending=pending,
+    )
+
+
+@click.command(short_help="Replace a key by a new one, the old one expiring later.")
+@click.argument("key_id", callback=_key_id_arg)
+@click.option(
+    "--overlap",
+    callback=_duration_arg,
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the old key keeps working (0: it is revoked at once).",
+)
+@click.option(
+    "--rolled-by", callback=_text_arg, metavar="WHO", help="Who rolls the key."
+)
+@_expires_in_option
+@_expires_at_option
+@_json_option
+@_pass_opener
+def roll(
+    opener: KeysOpener,
+    key_id: str,
+    overlap: timedelta,
+    rolled_by: str | None,
+    expires_in: timedelta | None,
+    expires_at: datetime | None,
+    as_json: bool,
+) -> None:
+    """Replace the key KEY_ID by a new one and print it, this once.
+
+    The new key has the old one's project and name. The old key keeps working
+    for the --overlap (24h unless given), or until its own earlier expiry,
+    then stops by itself: deploy the new key meanwhile. --overlap 0 revokes
+    it at once. The new key never expires unless --expires-in or
+    --expires-at is given. Nothing changes until the new key has been
+    written out.
+    """
+    expires_at = _expiry(expires_in, expires_at)
+    _refuse_closed_stdout()
+    keys = _keys(opener)
+    with _reported_errors():
+        if keys.get(key_id).revoked:
+            # Not a usage error: the key is as the store has it.
+            raise _Failure(f"key {key_id} is revoked: a revoked key can not be rolled")
+        issued = keys.roll(
+            key_id,
+            overlap=overlap,
+            rolled_by=rolled_by,
+            expires_at=expires_at,
+            pending=True,
+        )
+    _show_new_key(
+        keys,
+        issued,
+        headline="API key rolled. Copy the new key now: it is shown only this once.",
+        as_json=as_json,
+        pending=True,
+    )
+    if as_json:
+        return
+    if overlap == timedelta(0):
+        line = f"The old key {key_id} is revoked."
+    else:
+        try:
+            old = keys.get(key_id)
+        except (KeyNotFound, StoreUnavailable):
+            line = f"The old key {key_id} stops working within {overlap}."
         else:
-            _emit(
-                [
-                    "API key created. Copy it now: it is shown only this once.",
-                    "",
-                    f"    {issued.key}",
-                    "",
-                    *_record_lines(record),
-                ]
-            )
-    except OSError as error:
-        _unseen_key(keys, record, error)
+            line = f"The old key {old.id} stops working at {_when(old.expires_at)}."
+    with contextlib.suppress(OSError):
+        _emit(["", line])
 
 
 @click.command("list", short_help="List a project's keys, newest first.")
@@ -431,10 +694,12 @@ def create(
 def list_keys(
     opener: KeysOpener, project_id: str, include_revoked: bool, as_json: bool
 ) -> None:
-    """List a project's keys, newest first: id, name, prefix, created, creator, status.
+    """List a project's keys, newest first: id, name, prefix, created, creator,
+    last use, expiry and status (active, expired or revoked).
 
-    Revoked keys are left out unless --all is given. The keys themselves
-    are never shown: they are not stored.
+    Revoked keys are left out unless --all is given; expired keys are listed.
+    Last use is recorded about once a minute. The keys themselves are never
+    shown: they are not stored.
     """
     keys = _keys(opener)
     with _reported_errors():
@@ -478,7 +743,7 @@ def revoke(
 
 
 #: The subcommands, shared by ``vemetric-auth`` and ``flask vemetric-auth``.
-COMMANDS: tuple[click.Command, ...] = (create, list_keys, revoke)
+COMMANDS: tuple[click.Command, ...] = (create, roll, list_keys, revoke)
 
 
 @click.group("vemetric-auth", cls=CommandGroup)
@@ -492,7 +757,7 @@ COMMANDS: tuple[click.Command, ...] = (create, list_keys, revoke)
 )
 @click.pass_context
 def cli(ctx: click.Context, database_url: str) -> None:
-    """Create, list and revoke vem_ API keys in a SQL key store."""
+    """Create, roll, list and revoke vem_ API keys in a SQL key store."""
     ctx.obj = KeysOpener(
         functools.partial(_open_sql_keys, database_url, ctx, create_database=True),
         open_existing_keys=functools.partial(

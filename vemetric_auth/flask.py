@@ -427,7 +427,7 @@ def _app_keys() -> KeyManager:
 @with_appcontext
 @click.pass_context
 def _flask_commands(ctx: click.Context) -> None:
-    """Create, list and revoke vem_ API keys in this app's key store."""
+    """Create, roll, list and revoke vem_ API keys in this app's key store."""
     ctx.obj = KeysOpener(_app_keys)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -12,13 +13,14 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from argon2 import PasswordHasher
 
 from ._argon2 import Argon2Threads
 from ._cache import VerifiedKeys
 from ._fork import reset_in_child
+from ._last_use import LastUse
 from ._secret import Secret
 from ._store_calls import StoreCalls
 from ._verifier import Verifier
@@ -38,7 +40,7 @@ from .records import (
     _check_key_id,
     _check_name,
 )
-from .stores.base import KeyStore
+from .stores.base import KeyStore, RollingKeyStore
 
 __all__ = ["KeyManager"]
 
@@ -47,6 +49,21 @@ logger = logging.getLogger("vemetric_auth")
 # A fresh key collides with a stored display prefix with a chance of about
 # n / 36**8 for n stored keys; ten draws in a row are never all taken.
 _CREATE_ATTEMPTS = 10
+# Who revoked a key whose activation failed, as the record says.
+_NOT_ACTIVATED = "vemetric-auth: roll or creation did not complete"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """What :meth:`KeyManager.activate` needs to finish a pending create or
+    roll; nothing secret."""
+
+    #: The new key as it is once active.
+    record: ApiKey
+    #: A roll's old key, as read before the new key was stored.
+    old: ApiKey | None = None
+    overlap: timedelta = timedelta(0)
+    rolled_by: str | None = None
 
 
 class KeyManager:
@@ -59,7 +76,9 @@ class KeyManager:
         one of this hasher's after their first successful verification.
     :param cache_ttl: Seconds a verified key is served from memory before its
         record is read again (one lookup, no argon2) to see whether it was
-        revoked elsewhere. ``0`` reads it on every request.
+        revoked elsewhere. ``0`` reads it on every request. A key's expiry
+        is not bounded by it: an expired key is refused from the instant
+        its :attr:`~ApiKey.expires_at` comes, cached or not.
     :param cache_size: How many verified keys are remembered, least recently
         used first out.
     :param max_verifications: How many argon2 computations may run at once;
@@ -77,6 +96,17 @@ class KeyManager:
     started on demand. Each ends after 30 seconds without work, so a manager
     dropped without :meth:`close` keeps none for long; :meth:`close`, or
     leaving a ``with KeyManager(...) as keys:`` block, ends them at once.
+
+    Each successful :meth:`authenticate` is a use of its key: the manager
+    stamps it at most once a minute per key (a dict write on the request
+    path, no I/O), and one more daemon thread writes the stamps to the
+    store in one batch about a minute after the first of them, with the
+    store's ``record_use``
+    (:class:`~vemetric_auth.stores.base.UsageRecordingKeyStore`; a store
+    without it records no last use, which is logged once at WARNING).
+    :meth:`close` writes what is pending, and so does the end of the
+    interpreter for a manager that was not closed; a crash loses at most
+    about a minute of stamps.
 
     .. code-block:: python
 
@@ -121,18 +151,30 @@ class KeyManager:
             default_hasher() if hasher is None else hasher, self._max_verifications
         )
         self._cache = VerifiedKeys(cache_size)
+        self._last_use = LastUse(self._call_store)
         self._verifier = Verifier(
-            self._call_store, self._argon2, self._cache, self._cache_ttl
+            self._call_store, self._argon2, self._cache, self._cache_ttl, self._last_use
         )
+        # What KeyManager.roll and pending creation need, checked once.
+        self._missing_roll = tuple(
+            name
+            for name in ("set_expiry", "roll")
+            if not callable(getattr(store, name, None))
+        )
+        # Used only once _require_rolling has passed.
+        self._rolling = cast(RollingKeyStore, store)
+        self._pending: dict[str, _Pending] = {}
+        self._pending_lock = threading.Lock()
         self._clock_lock = threading.Lock()
         self._last_created: datetime | None = None
         self._closed = False
         reset_in_child(self)
 
     def _after_fork(self) -> None:
-        # Another thread of the parent may have held it at the fork. (The
-        # cache, turns and threads reset themselves.)
+        # Another thread of the parent may have held them at the fork. (The
+        # cache, turns, last use and threads reset themselves.)
         self._clock_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<KeyManager store={self._store!r} cache_ttl={self._cache_ttl}>"
@@ -165,11 +207,13 @@ class KeyManager:
     # -- lifetime ----------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the manager's threads and forget the keys it verified.
+        """Write pending last-use stamps, stop the manager's threads and
+        forget the keys it verified.
 
         Waits for argon2 and store calls already running to end, at most
         :attr:`store_timeout` seconds; calls not yet started are dropped.
         Closing again does nothing. The store is left open: it may be shared.
+        A manager that is not closed writes its stamps at interpreter exit.
 
         A closed manager refuses every later call that would need the store
         or argon2, :meth:`authenticate` included, with
@@ -179,6 +223,8 @@ class KeyManager:
         if self._closed:
             return
         self._closed = True
+        # Before the store calls close: the stamps are written through them.
+        self._last_use.close(self._call_store.timeout)
         self._cache.close()
         self._argon2.close(self._call_store.timeout)
         self._call_store.close(self._call_store.timeout)
@@ -201,17 +247,37 @@ class KeyManager:
     # -- management --------------------------------------------------------
 
     def create(
-        self, project_id: str, name: str, *, created_by: str | None = None
+        self,
+        project_id: str,
+        name: str,
+        *,
+        created_by: str | None = None,
+        expires_at: datetime | None = None,
+        pending: bool = False,
     ) -> IssuedKey:
         """Create a key for *project_id* and return it with its record.
 
         The plaintext is in the returned :attr:`IssuedKey.key` only: show it to
         its owner once. *name* is stored trimmed.
 
+        :param expires_at: When the key stops working: a timezone-aware
+            datetime in the future (stored in UTC). ``None``: never.
+        :param pending: Store the key inactive, for a caller that must show it
+            before it may work (a command line, a web page): it works only
+            once :meth:`activate` is given the result. The returned record is
+            the key as it will be then; until then the stored record is
+            expired (its ``expires_at`` is its ``created_at``). Needs a
+            :class:`~vemetric_auth.stores.base.RollingKeyStore`.
         :raises ValueError: an empty or over-long *project_id*, a *name* that is
             empty or over 100 characters once trimmed or has control
             characters, an over-long *created_by*, any of them holding an API
-            key or a lone surrogate. Nothing is stored.
+            key or a lone surrogate; an *expires_at* that is naive or not in
+            the future. Nothing is stored.
+        :raises TypeError: *pending* with a store that lacks
+            :class:`~vemetric_auth.stores.base.RollingKeyStore`'s methods (the
+            message names them), or an *expires_at* that is not a datetime.
+            Nothing is stored. Also if a store without them (written for an
+            earlier release) dropped *expires_at*: the key is revoked then.
         :raises StoreUnavailable: the store failed, or did not answer within
             :attr:`store_timeout`, or the manager is closed. The key was shown
             to no one; should the store still write it later, it is revoked as
@@ -221,7 +287,253 @@ class KeyManager:
         name = _check_name(name)
         if created_by is not None:
             created_by = _check_actor(created_by, "created_by")
+        expires_at = _check_expiry(expires_at, "expires_at")
+        if pending:
+            self._require_rolling("create(pending=True)")
         self._refuse_if_closed()
+        issued = self._issue(project_id, name, created_by, expires_at, inactive=pending)
+        if pending:
+            with self._pending_lock:
+                self._pending[issued.record.id] = _Pending(issued.record)
+        elif expires_at is not None and self._missing_roll:
+            self._check_expiry_kept(issued.record)
+        return issued
+
+    def roll(
+        self,
+        key_id: str,
+        *,
+        overlap: timedelta = timedelta(hours=24),
+        rolled_by: str | None = None,
+        expires_at: datetime | None = None,
+        pending: bool = False,
+    ) -> IssuedKey:
+        """Replace the key *key_id* by a new one; return the new key, shown once.
+
+        The new key has the old one's project and name, is created by
+        *rolled_by* and expires at *expires_at* (``None``: never). The old key
+        then expires at ``now + overlap``, or at its own expiry if that comes
+        earlier, so that clients can move to the new key meanwhile;
+        ``overlap=timedelta(0)`` revokes it at once, by *rolled_by*. Both
+        changes happen in one atomic store call, or neither: if the store
+        refuses the roll, the old key is as it was and the new one never
+        works (it is revoked).
+
+        The old key fails this manager's very next :meth:`authenticate` once
+        it is expired or revoked; other processes see its new expiry within
+        :attr:`cache_ttl` seconds (a revocation within 1 second on a store
+        with a change feed).
+
+        :param pending: Store the new key inactive and change nothing else:
+            the roll happens when :meth:`activate` is given the result (the
+            overlap counts from then). For a caller that must show the new
+            key before it may work. Only the new key is stored then: the
+            exceptions below about the roll itself come from :meth:`activate`.
+        :raises KeyNotFound: no key has this id.
+        :raises ValueError: the key is revoked; *overlap* is negative; an
+            *expires_at* that is naive or not in the future; a *key_id* or
+            *rolled_by* refused as by :meth:`revoke`. Nothing is changed.
+        :raises TypeError: the store lacks
+            :class:`~vemetric_auth.stores.base.RollingKeyStore`'s ``roll`` or
+            ``set_expiry`` (the message names what it lacks), or *overlap* is
+            not a :class:`~datetime.timedelta`. Nothing is changed.
+        :raises StoreUnavailable: the store failed, did not answer within
+            :attr:`store_timeout`, or the manager is closed. The new key,
+            which nobody saw, never works: it is revoked, also should the
+            store finish the roll later, and the old key's expiry is then put
+            back. An old key revoked by a roll with no overlap that the store
+            finished after all stays revoked (logged as an ERROR when the
+            late answer comes): roll with an overlap, and revoke later, where
+            that matters.
+        """
+        self._require_rolling("roll")
+        key_id = _check_key_id(key_id)
+        if not isinstance(overlap, timedelta):
+            raise TypeError("overlap must be a datetime.timedelta")
+        if overlap < timedelta(0):
+            raise ValueError("overlap must not be negative")
+        if rolled_by is not None:
+            rolled_by = _check_actor(rolled_by, "rolled_by")
+        expires_at = _check_expiry(expires_at, "expires_at")
+        self._refuse_if_closed()
+        old = self._call_store("reading a key", self._store.get, key_id)
+        if old is None:
+            raise KeyNotFound()
+        if old.revoked_at is not None:
+            raise ValueError(
+                f"key {old.id} is revoked: a revoked key can not be rolled"
+            )
+        issued = self._issue(
+            old.project_id, old.name, rolled_by, expires_at, inactive=True
+        )
+        state = _Pending(issued.record, old=old, overlap=overlap, rolled_by=rolled_by)
+        if pending:
+            with self._pending_lock:
+                self._pending[issued.record.id] = state
+        else:
+            self._activate(state, shown=False)
+        return issued
+
+    def activate(self, issued: IssuedKey | str) -> ApiKey:
+        """Make a key created or rolled with ``pending=True`` work.
+
+        For a pending :meth:`create`, the key gets its expiry; for a pending
+        :meth:`roll`, the roll happens now (one atomic store call): the new
+        key works and the old one expires after the overlap, counted from
+        now, or is revoked. Show the key first, then activate it: an
+        interruption in between leaves no working key that nobody saw.
+
+        :param issued: What :meth:`create` or :meth:`roll` returned, or the
+            new key's id.
+        :returns: The new key's record as it is now.
+        :raises ValueError: the key is not pending in this manager (never
+            was, activated already, or revoked since); for a roll, the old key
+            was revoked meanwhile. Nothing changed; the new key never works.
+        :raises KeyNotFound: the new key, or the old one, is no longer stored.
+            Nothing changed; the new key never works.
+        :raises StoreUnavailable: the store failed or did not answer within
+            :attr:`store_timeout`, or the manager is closed. The activation
+            may or may not have happened (for a roll: both changes or
+            neither), and may still happen if the store answers late; as the
+            key was shown, it is left so: :meth:`get` tells.
+        """
+        if isinstance(issued, IssuedKey):
+            key_id = issued.record.id
+        else:
+            key_id = _check_key_id(issued)
+        with self._pending_lock:
+            state = self._pending.pop(key_id, None)
+        if state is None:
+            raise ValueError(
+                f"key {key_id} is not pending activation in this KeyManager"
+            )
+        return self._activate(state, shown=True)
+
+    def _activate(self, state: _Pending, *, shown: bool) -> ApiKey:
+        """Activate *state*'s key; *shown*: its caller has shown it already.
+
+        A key nobody saw never works unless this returns: it is revoked on
+        any failure, and a late activation is undone. A key that was shown is
+        revoked only when the store refused the activation: after a failure
+        that leaves it unknown whether the activation landed, revoking the new
+        key of a roll that did land would leave neither key working.
+        """
+        try:
+            self._refuse_if_closed()
+            if state.old is None:
+                return self._activate_created(state, shown)
+            return self._activate_roll(state, state.old, shown)
+        except (ValueError, KeyNotFound):
+            self._abandon(state)
+            raise
+        except BaseException:
+            if not shown:
+                self._abandon(state)
+            raise
+
+    def _activate_created(self, state: _Pending, shown: bool) -> ApiKey:
+        record: ApiKey | None = self._call_store(
+            "activating a key",
+            self._rolling.set_expiry,
+            state.record.id,
+            state.record.expires_at,
+            late=None if shown else functools.partial(self._activated_late, state),
+        )
+        if record is None:
+            raise KeyNotFound()
+        if record.revoked_at is not None:
+            raise ValueError(f"key {record.id} was revoked before it was activated")
+        logger.info("activated key %s (%s)", record.id, record.prefix)
+        return record
+
+    def _activate_roll(self, state: _Pending, old: ApiKey, shown: bool) -> ApiKey:
+        now = _utcnow()
+        revoke = state.overlap == timedelta(0)
+        # Forget the old key before and after the write, as revoke does: it
+        # is then read again, with its new expiry, on its next use here.
+        self._cache.forget(old.id)
+        try:
+            landed = self._call_store(
+                "rolling a key",
+                functools.partial(
+                    self._rolling.roll,
+                    new_expires_at=state.record.expires_at,
+                    old_expires_at=None if revoke else now + state.overlap,
+                    revoked_at=now if revoke else None,
+                    revoked_by=state.rolled_by if revoke else None,
+                ),
+                old.id,
+                state.record.id,
+                late=None if shown else functools.partial(self._activated_late, state),
+                expected=ValueError,
+            )
+        finally:
+            self._cache.forget(old.id)
+        if landed is None:
+            raise KeyNotFound()
+        self._cache.forget(landed.id)
+        logger.info(
+            "rolled key %s (%s) over to key %s (%s)",
+            old.id,
+            old.prefix,
+            state.record.id,
+            state.record.prefix,
+        )
+        return state.record
+
+    def _abandon(self, state: _Pending) -> None:
+        """A pending key whose activation failed: revoke it, if the store answers."""
+        try:
+            self._call_store(
+                "revoking a key that was not activated",
+                functools.partial(
+                    self._store.revoke,
+                    revoked_at=_utcnow(),
+                    revoked_by=_NOT_ACTIVATED,
+                ),
+                state.record.id,
+            )
+        except StoreUnavailable:
+            # Still inactive; and revoked by _activated_late should the
+            # activation land after all.
+            logger.warning("could not revoke key %s, never activated", state.record.id)
+
+    def _activated_late(self, state: _Pending, landed: ApiKey | None) -> None:
+        """An activation landed after its caller was told it failed: undo it."""
+        self._store.revoke(
+            state.record.id, revoked_at=_utcnow(), revoked_by=_NOT_ACTIVATED
+        )
+        logger.warning(
+            "revoked key %s: activated after its request timed out", state.record.id
+        )
+        old = state.old
+        if old is None or landed is None:
+            return
+        self._cache.forget(old.id)
+        if landed.revoked_at is None:
+            self._rolling.set_expiry(old.id, old.expires_at)
+            logger.warning("put back the expiry of key %s", old.id)
+        else:
+            logger.error(
+                "key %s was revoked by a roll that completed after its request "
+                "timed out, and its new key %s never works: create a new key",
+                old.id,
+                state.record.id,
+            )
+
+    def _issue(
+        self,
+        project_id: str,
+        name: str,
+        created_by: str | None,
+        expires_at: datetime | None,
+        *,
+        inactive: bool,
+    ) -> IssuedKey:
+        """Store a new key; return it with its record as it is once active.
+
+        *inactive*: stored already expired, for :meth:`activate` to activate.
+        """
         created_at = self._creation_time()
         for _ in range(_CREATE_ATTEMPTS):
             secret = Secret(generate_key())
@@ -232,6 +544,12 @@ class KeyManager:
                 prefix=display_prefix(secret.value),
                 created_at=created_at,
                 created_by=created_by,
+                expires_at=expires_at,
+            )
+            stored = (
+                dataclasses.replace(record, expires_at=created_at)
+                if inactive
+                else record
             )
             key_hash = self._argon2.hash(secret)
             if key_hash is None:
@@ -240,7 +558,7 @@ class KeyManager:
                 self._call_store(
                     "creating a key",
                     self._store.add,
-                    record,
+                    stored,
                     key_hash,
                     late=functools.partial(self._revoke_unseen, record),
                     expected=DuplicatePrefix,
@@ -249,19 +567,55 @@ class KeyManager:
                 logger.info("prefix %s is taken, drawing another key", record.prefix)
                 continue
             logger.info(
-                "created key %s (%s) for project %s",
+                "created key %s (%s) for project %s%s",
                 record.id,
                 record.prefix,
                 record.project_id,
+                ", inactive until activated" if inactive else "",
             )
             return IssuedKey(key=secret.value, record=record)
         raise StoreUnavailable(f"no free key prefix after {_CREATE_ATTEMPTS} attempts")
 
+    def _check_expiry_kept(self, record: ApiKey) -> None:
+        """A store written for an earlier release may drop ``expires_at``:
+        a key that never expires is not what was asked for."""
+        stored = self._call_store("reading a key", self._store.get, record.id)
+        kept = stored is not None and (
+            stored.expires_at is not None
+            and record.expires_at is not None
+            and stored.expires_at <= record.expires_at
+        )
+        if kept:
+            return
+        self._call_store(
+            "revoking a key",
+            functools.partial(
+                self._store.revoke,
+                revoked_at=_utcnow(),
+                revoked_by="vemetric-auth: the store dropped its expiry",
+            ),
+            record.id,
+        )
+        raise TypeError(
+            f"the key store {type(self._store).__name__} did not keep the key's "
+            "expires_at (written for an earlier release?); the key was revoked"
+        )
+
+    def _require_rolling(self, what: str) -> None:
+        if self._missing_roll:
+            raise TypeError(
+                f"{what} needs a key store with set_expiry and roll "
+                f"(RollingKeyStore); {type(self._store).__name__} lacks "
+                f"{' and '.join(self._missing_roll)}"
+            )
+
     def list(self, project_id: str, *, include_revoked: bool = False) -> list[ApiKey]:
         """Return the keys of *project_id*, newest first.
 
-        Revoked keys are left out unless *include_revoked*. An unknown project
-        has no keys: the result is ``[]``.
+        Revoked keys are left out unless *include_revoked*; expired keys are
+        listed (their :attr:`~ApiKey.expired` tells). An unknown project has
+        no keys: the result is ``[]``. :attr:`~ApiKey.last_used_at` is what
+        the store has: stamps of the last minute may still be on their way.
 
         :raises ValueError: an empty or over-long *project_id*, or one with a
             control character or a lone surrogate.
@@ -277,7 +631,7 @@ class KeyManager:
         )
 
     def get(self, key_id: str) -> ApiKey:
-        """Return the record *key_id*.
+        """Return the record *key_id*, as the store has it.
 
         :raises KeyNotFound: no key has this id.
         :raises ValueError: *key_id* holds an API key (see :meth:`revoke`), a
@@ -297,7 +651,8 @@ class KeyManager:
         The key fails this manager's very next :meth:`authenticate`; other
         processes sharing the store stop accepting it within :attr:`cache_ttl`
         seconds. Revoking a revoked key changes nothing and returns its record
-        as it is.
+        as it is. A key pending activation (see :meth:`activate`) can no
+        longer be activated.
 
         :raises KeyNotFound: no key has this id.
         :raises ValueError: an over-long *revoked_by*, a *key_id* with a control
@@ -311,6 +666,8 @@ class KeyManager:
         if revoked_by is not None:
             revoked_by = _check_actor(revoked_by, "revoked_by")
         self._refuse_if_closed()
+        with self._pending_lock:
+            self._pending.pop(key_id, None)
         # Forget the key before and after the write: a verification running
         # meanwhile can not put it back (see VerifiedKeys.put).
         self._cache.forget(key_id)
@@ -332,6 +689,8 @@ class KeyManager:
         # The store may match ids in its own way (a case-insensitive column):
         # evict under the id it answered with too.
         self._cache.forget(record.id)
+        with self._pending_lock:
+            self._pending.pop(record.id, None)
         logger.info("revoked key %s (%s)", record.id, record.prefix)
         return record
 
@@ -349,8 +708,14 @@ class KeyManager:
     def authenticate(self, key: str) -> ApiKey:
         """Return the record of *key* if it is a valid, active key.
 
+        A successful authentication is the key's last use: see
+        :attr:`ApiKey.last_used_at`. The record returned is the one verified,
+        which may not show the newest stamp yet.
+
         :raises InvalidApiKeyFormat: *key* is not of the ``vem_`` format.
-        :raises InvalidApiKey: no active key matches.
+        :raises InvalidApiKey: no active key matches: unknown, revoked,
+            expired (from the instant its ``expires_at`` comes), or a wrong
+            secret.
         :raises StoreUnavailable: the store failed and the key is not fresh in
             the cache, or the manager is closed; nothing was verified.
         """
@@ -361,8 +726,12 @@ class KeyManager:
         # the key in this frame while an error passes through.
         digest = hashlib.sha256(key.encode()).digest()
         entry = self._cache.get(digest)
-        if entry is not None and time.monotonic() < entry[1]:
-            return entry[0]
+        if entry is not None:
+            now = time.monotonic()
+            if now < entry.fresh_until:
+                if now >= entry.stamp_due:
+                    self._last_use.hit(entry, now)
+                return entry.record
         secret = Secret(key)
         del key
         self._refuse_if_closed()
@@ -373,8 +742,14 @@ class KeyManager:
         the HTTP layer read from a request."""
         digest = hashlib.sha256(key.encode()).digest()
         entry = self._cache.get(digest)
-        if entry is not None and time.monotonic() < entry[1]:
-            return entry[0]
+        if entry is not None:
+            # One comparison for expiry and cache_ttl alike (fresh_until is
+            # the earlier), one for last use (due once a minute).
+            now = time.monotonic()
+            if now < entry.fresh_until:
+                if now >= entry.stamp_due:
+                    self._last_use.hit(entry, now)
+                return entry.record
         # The cold path: from here on the key travels hidden, and this frame,
         # which any error below passes through, no longer holds it.
         secret = Secret(key)
@@ -409,6 +784,23 @@ def _setting(
         raise ValueError(
             f"{name} must be {'more than' if above else 'at least'} {least}"
         )
+    return value
+
+
+def _check_expiry(value: object, what: str) -> datetime | None:
+    """Return *value* in UTC if it can be a new key's expiry: ``None``, or an
+    aware datetime in the future."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime or None")
+    if value.utcoffset() is None:
+        raise ValueError(
+            f"{what} must be timezone-aware, e.g. datetime.now(timezone.utc) + ..."
+        )
+    value = value.astimezone(timezone.utc)
+    if value <= _utcnow():
+        raise ValueError(f"{what} must be in the future")
     return value
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from .keys import holds_key
@@ -33,6 +33,11 @@ class ApiKey:
     :param created_by: Who created it, if known.
     :param revoked_at: When it was revoked; ``None`` while it is active.
     :param revoked_by: Who revoked it, if known.
+    :param expires_at: When the key stops working, timezone-aware UTC;
+        ``None``: never.
+    :param last_used_at: When the key last authenticated a request, as far as
+        the store knows (recorded at most about once a minute); ``None``:
+        never, or not recorded.
     """
 
     id: str
@@ -43,11 +48,25 @@ class ApiKey:
     created_by: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
 
     @property
     def revoked(self) -> bool:
         """Whether the key was revoked. A revoked key is never active again."""
         return self.revoked_at is not None
+
+    @property
+    def expired(self) -> bool:
+        """Whether the key has expired, as of now: :attr:`expires_at` has come."""
+        return self.expires_at is not None and (
+            datetime.now(timezone.utc) >= self.expires_at
+        )
+
+    @property
+    def active(self) -> bool:
+        """Whether the key works, as of now: neither revoked nor expired."""
+        return self.revoked_at is None and not self.expired
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as JSON-ready data, datetimes in ISO 8601 UTC."""
@@ -60,6 +79,8 @@ class ApiKey:
             "created_by": self.created_by,
             "revoked_at": _iso(self.revoked_at),
             "revoked_by": self.revoked_by,
+            "expires_at": _iso(self.expires_at),
+            "last_used_at": _iso(self.last_used_at),
         }
 
 

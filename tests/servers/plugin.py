@@ -14,8 +14,17 @@ import pytest
 
 from ._process import in_ci
 from .postgres import PostgresServer, find_pg_bin
+from .redis import RedisServer, find_redis_bin
 
-__all__ = ["in_ci", "postgres_server", "postgres_url", "require"]
+__all__ = [
+    "in_ci",
+    "postgres_server",
+    "postgres_url",
+    "redis_server",
+    "redis_url",
+    "require",
+    "require_redis",
+]
 
 
 def require(available: bool, reason: str) -> None:
@@ -48,3 +57,31 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     if not postgres_server.is_running():
         postgres_server.start()
     return postgres_server.url
+
+
+def require_redis() -> None:
+    """Skip the test when ``redis-server`` is missing, or fail it under ``CI=true``."""
+    require(find_redis_bin() is not None, "no Redis server binary (redis-server) found")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis server for the whole test session.
+
+    Tests may kill, freeze and restart it; the next test that asks for
+    :func:`redis_url` gets it running, thawed and empty again.
+    """
+    require_redis()
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The ``redis://`` URL of the session's Redis server, running, thawed
+    and emptied (``FLUSHALL``) for this test."""
+    redis_server.thaw()
+    if not redis_server.is_running():
+        redis_server.start()
+    redis_server.flushall()
+    return redis_server.url

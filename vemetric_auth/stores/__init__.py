@@ -5,13 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DuplicatePrefix
-from .base import KeyStore
+from .base import KeyStore, RollingKeyStore, UsageRecordingKeyStore
 from .memory import InMemoryKeyStore
 
 if TYPE_CHECKING:
     from .sql import SQLKeyStore
 
-__all__ = ["DuplicatePrefix", "InMemoryKeyStore", "KeyStore", "SQLKeyStore"]
+__all__ = [
+    "DuplicatePrefix",
+    "InMemoryKeyStore",
+    "KeyStore",
+    "RollingKeyStore",
+    "SQLKeyStore",
+    "UsageRecordingKeyStore",
+]
 
 
 def __getattr__(name: str) -> Any:

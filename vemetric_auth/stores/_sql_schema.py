@@ -1,5 +1,6 @@
 """The table of :class:`~vemetric_auth.SQLKeyStore`: its columns, names and DDL,
-and creating it while other threads and processes may be doing the same.
+and creating it, or upgrading one made by an earlier release, while other
+threads and processes may be doing the same.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -23,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 from sqlalchemy.types import TypeDecorator
 
 from ..keys import LOOKUP_PREFIX_LENGTH
@@ -32,10 +34,12 @@ from .base import DEFAULT_TABLE_NAME
 
 __all__ = [
     "UTCDateTime",
+    "add_missing_columns",
     "check_table_name",
     "create_missing_table",
     "create_table_sql",
     "key_table",
+    "upgrade_table_sql",
 ]
 
 # PostgreSQL's identifier limit; SQLite has none, but a name must fit both.
@@ -43,6 +47,9 @@ _MAX_IDENTIFIER_LENGTH = 63
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A display prefix: the lookup prefix of the key, then "...".
 _PREFIX_LENGTH = LOOKUP_PREFIX_LENGTH + len("...")
+# The columns added since the first release (0.1), in the order they came. All
+# are nullable: adding one to a table made earlier touches no row.
+_ADDED_COLUMNS = ("expires_at", "last_used_at")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -126,6 +133,9 @@ def key_table(metadata: MetaData, table_name: str) -> Table:
         Column("created_by", String(MAX_ID_LENGTH), nullable=True),
         Column("revoked_at", UTCDateTime(), nullable=True),
         Column("revoked_by", String(MAX_ID_LENGTH), nullable=True),
+        # Added in 0.2; a table made by 0.1 gets them on first use.
+        Column("expires_at", UTCDateTime(), nullable=True),
+        Column("last_used_at", UTCDateTime(), nullable=True),
         PrimaryKeyConstraint("id", name=_identifier(table_name, "pkey")),
         UniqueConstraint("prefix", name=_identifier(table_name, "prefix_key")),
         # Serves both "keys of a project" and its newest-first order.
@@ -150,17 +160,51 @@ def create_table_sql(
     :raises ValueError: an unknown dialect or an invalid table name.
     """
     table_name = check_table_name(table_name)
-    try:
-        dialect_class = URL.create(dialect).get_dialect()
-    except Exception as exc:
-        raise ValueError(f"unknown SQL dialect {dialect!r}") from exc
-    target = dialect_class()
+    target = _dialect(dialect)
     table = key_table(MetaData(), table_name)
     compiled = [str(CreateTable(table).compile(dialect=target))]
     compiled.extend(
         str(CreateIndex(index).compile(dialect=target))
         for index in sorted(table.indexes, key=lambda index: str(index.name))
     )
+    return _script(compiled)
+
+
+def upgrade_table_sql(
+    dialect: str = "postgresql", table_name: str = DEFAULT_TABLE_NAME
+) -> str:
+    """Return the SQL that upgrades a table made by vemetric-auth 0.1 to this release.
+
+    For applications that manage their schema themselves: the ``ALTER TABLE``
+    statements add the columns the store has gained since (``expires_at``
+    and ``last_used_at``, both nullable, so no row is rewritten), as the
+    store would on first use. Run them once, before the new release serves;
+    a table made by :func:`create_table_sql` of this release needs none.
+    They are ``;``-terminated and separated by blank lines.
+
+    :param dialect: A SQLAlchemy dialect name: ``"postgresql"``, ``"sqlite"``,
+        ``"mysql"``, ...
+    :param table_name: The table name the store is given.
+    :raises ValueError: an unknown dialect or an invalid table name.
+    """
+    table_name = check_table_name(table_name)
+    target = _dialect(dialect)
+    table = key_table(MetaData(), table_name)
+    return _script(
+        [_add_column_sql(table, table.c[name], target) for name in _ADDED_COLUMNS]
+    )
+
+
+def _dialect(name: str) -> Dialect:
+    try:
+        dialect_class = URL.create(name).get_dialect()
+    except Exception as exc:
+        raise ValueError(f"unknown SQL dialect {name!r}") from exc
+    dialect: Dialect = dialect_class()
+    return dialect
+
+
+def _script(compiled: list[str]) -> str:
     statements = [
         "\n".join(
             line.rstrip().replace("\t", "    ") for line in sql.strip().splitlines()
@@ -168,6 +212,12 @@ def create_table_sql(
         for sql in compiled
     ]
     return "\n\n".join(statement + ";" for statement in statements) + "\n"
+
+
+def _add_column_sql(table: Table, column: Column[Any], dialect: Dialect) -> str:
+    spec = str(CreateColumn(column).compile(dialect=dialect)).strip()
+    name = dialect.identifier_preparer.format_table(table)
+    return f"ALTER TABLE {name} ADD COLUMN {spec}"
 
 
 def create_missing_table(connection: Connection, table: Table, dialect: str) -> None:
@@ -220,3 +270,70 @@ def _create_table(connection: Connection, table: Table, dialect: str) -> None:
 def _advisory_lock_id(table_name: str) -> int:
     digest = hashlib.sha256(f"vemetric_auth:{table_name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def add_missing_columns(connection: Connection, table: Table, dialect: str) -> None:
+    """Add to the existing *table* the nullable columns it lacks, through *connection*.
+
+    A table made by an earlier release lacks the columns added since; adding
+    them changes the schema only, not one row. Upgraders (and creators) on a
+    *dialect* of ``"postgresql"`` take turns through the same advisory lock
+    as creation, on ``"sqlite"`` through the database's write lock; on
+    others, one that finds the columns added meanwhile carries on.
+    """
+    missing = _missing_columns(connection, table)
+    # The inspection may have begun a transaction; end it either way.
+    connection.rollback()
+    while missing:
+        try:
+            _add_columns(connection, table, dialect)
+            return
+        except DBAPIError:
+            # Another process added a column meanwhile: one not taking turns
+            # with us, or on a database without turns (where each ALTER may
+            # commit by itself). Carry on with what is still missing, unless
+            # nobody added anything: then the failure is ours.
+            connection.rollback()
+            still_missing = _missing_columns(connection, table)
+            connection.rollback()
+            if len(still_missing) >= len(missing):
+                raise
+            missing = still_missing
+
+
+def _missing_columns(connection: Connection, table: Table) -> list[Column[Any]]:
+    present = {column["name"] for column in inspect(connection).get_columns(table.name)}
+    return [
+        column
+        for column in table.columns
+        if column.nullable and column.name not in present
+    ]
+
+
+def _add_columns(connection: Connection, table: Table, dialect: str) -> None:
+    def add() -> None:
+        # Asked again: another process may have added them while we waited.
+        for column in _missing_columns(connection, table):
+            connection.exec_driver_sql(
+                _add_column_sql(table, column, connection.dialect)
+            )
+
+    if dialect == "postgresql":
+        with connection.begin():
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:lock_id)"),
+                {"lock_id": _advisory_lock_id(table.name)},
+            )
+            # Transactional: the columns all appear at once, or none does.
+            add()
+    elif dialect == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            add()
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+    else:
+        with connection.begin():
+            add()

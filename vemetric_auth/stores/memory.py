@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import overload
 
 from .._fork import reset_in_child
 from ..errors import DuplicatePrefix
@@ -91,3 +93,102 @@ class InMemoryKeyStore:
         with self._lock:
             if key_id in self._hashes:
                 self._hashes[key_id] = key_hash
+
+    def set_expiry(self, key_id: str, expires_at: datetime | None) -> ApiKey | None:
+        """Set the expiry of an unrevoked *key_id*; see :meth:`RollingKeyStore.set_expiry`.
+
+        :raises ValueError: *expires_at* is naive. Nothing is changed then.
+        """
+        expires_at = _utc(expires_at, "expires_at")
+        with self._lock:
+            record = self._records.get(key_id)
+            if record is None or record.revoked_at is not None:
+                return record
+            record = dataclasses.replace(record, expires_at=expires_at)
+            self._records[key_id] = record
+            return record
+
+    def roll(
+        self,
+        old_key_id: str,
+        new_key_id: str,
+        *,
+        new_expires_at: datetime | None,
+        old_expires_at: datetime | None,
+        revoked_at: datetime | None,
+        revoked_by: str | None,
+    ) -> ApiKey | None:
+        """Activate *new_key_id* and retire *old_key_id* under the lock.
+
+        See :meth:`RollingKeyStore.roll`: returns the old record as stored
+        afterwards, ``None`` if either id is unknown.
+
+        :raises ValueError: either record is revoked, the ids are the same,
+            or a datetime is naive. Nothing is changed then.
+        """
+        new_expires_at = _utc(new_expires_at, "new_expires_at")
+        old_expires_at = _utc(old_expires_at, "old_expires_at")
+        revoked_at = _utc(revoked_at, "revoked_at")
+        if old_key_id == new_key_id:
+            raise ValueError("a key can not be rolled over to itself")
+        with self._lock:
+            old = self._records.get(old_key_id)
+            new = self._records.get(new_key_id)
+            if old is None or new is None:
+                return None
+            if old.revoked_at is not None:
+                raise ValueError("the key to roll is revoked")
+            if new.revoked_at is not None:
+                raise ValueError("the new key is revoked")
+            if revoked_at is not None:
+                old = dataclasses.replace(
+                    old, revoked_at=revoked_at, revoked_by=revoked_by
+                )
+            elif old_expires_at is not None and (
+                old.expires_at is None or old_expires_at < old.expires_at
+            ):
+                old = dataclasses.replace(old, expires_at=old_expires_at)
+            self._records[new_key_id] = dataclasses.replace(
+                new, expires_at=new_expires_at
+            )
+            self._records[old_key_id] = old
+            return old
+
+    def record_use(self, stamps: Mapping[str, datetime]) -> None:
+        """Record last use, never moving a stamp backwards; unknown ids are ignored.
+
+        :raises ValueError: a stamp is naive. Nothing is changed then.
+        """
+        utc_stamps = {
+            key_id: _utc(stamp, "a last-use stamp") for key_id, stamp in stamps.items()
+        }
+        with self._lock:
+            for key_id, stamp in utc_stamps.items():
+                record = self._records.get(key_id)
+                if record is None:
+                    continue
+                if record.last_used_at is None or record.last_used_at < stamp:
+                    self._records[key_id] = dataclasses.replace(
+                        record, last_used_at=stamp
+                    )
+
+
+@overload
+def _utc(moment: datetime, what: str) -> datetime: ...
+@overload
+def _utc(moment: None, what: str) -> None: ...
+@overload
+def _utc(moment: datetime | None, what: str) -> datetime | None: ...
+def _utc(moment: datetime | None, what: str) -> datetime | None:
+    """Return *moment* in UTC, as the SQL store gives datetimes back.
+
+    :raises TypeError: not a datetime.
+    :raises ValueError: a naive datetime.
+    """
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        raise TypeError(f"{what} must be a datetime")
+    if moment.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    return moment.astimezone(timezone.utc)

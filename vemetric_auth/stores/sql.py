@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import MetaData, bindparam, select
+from sqlalchemy import MetaData, String, bindparam, column, func, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.schema import Table
@@ -34,14 +36,33 @@ from ..errors import DuplicatePrefix
 from ..records import ApiKey
 from ._sql_engine import open_engine, shares_one_connection
 from ._sql_schema import (
+    UTCDateTime,
+    add_missing_columns,
     check_table_name,
     create_missing_table,
     create_table_sql,
     key_table,
+    upgrade_table_sql,
 )
 from .base import DEFAULT_TABLE_NAME
 
-__all__ = ["DEFAULT_TABLE_NAME", "SQLKeyStore", "create_table_sql"]
+__all__ = [
+    "DEFAULT_TABLE_NAME",
+    "SQLKeyStore",
+    "create_table_sql",
+    "upgrade_table_sql",
+]
+
+# Last-use stamps written by one statement, at most. SQLite also stays within
+# its limit of bound variables (two per stamp); PostgreSQL gets two arrays
+# whatever the count, and the bound keeps each statement short.
+_STAMPS_PER_STATEMENT = 10_000
+# SQLite's limit of bound variables when the build does not tell (before
+# Python 3.11): the smallest SQLite ever had.
+_SQLITE_SAFE_VARIABLES = 999
+
+# Writes one statement's share of a batch of last-use stamps, sorted by id.
+_StampWriter = Callable[[Connection, Sequence[tuple[str, datetime]]], None]
 
 
 class SQLKeyStore:
@@ -73,7 +94,15 @@ class SQLKeyStore:
     :meth:`create_table`; creation is safe when many threads and processes
     start at once on an empty database. The table holds the record fields,
     ``prefix`` unique, and the argon2 ``hash``; see :func:`create_table_sql`.
-    Datetimes are stored as UTC and always come back timezone-aware UTC.
+    A table made by an earlier release is upgraded the same way: the columns
+    it lacks (``expires_at``, ``last_used_at``) are added, no row touched;
+    see :func:`upgrade_table_sql`. Datetimes are stored as UTC and always
+    come back timezone-aware UTC.
+
+    Besides :class:`~vemetric_auth.KeyStore`, implements the optional
+    :class:`~vemetric_auth.RollingKeyStore` (a roll is one transaction) and
+    :class:`~vemetric_auth.UsageRecordingKeyStore` (one statement per batch
+    of up to 10,000 stamps on PostgreSQL and SQLite 3.33 or later).
 
     Safe for many threads and processes at once. Connections are pooled:
     ``sqlite:///`` files are opened in WAL mode, one connection per thread at
@@ -132,6 +161,11 @@ class SQLKeyStore:
             self._reader = engine
         self._table = key_table(MetaData(), table_name)
         self._table_ready = False
+        # How last-use stamps are written, and how many per statement at
+        # most: chosen on first use, once the database's version is known.
+        self._stamp_writer: tuple[_StampWriter, int] | None = None
+        # A bound of our own on the stamps per statement (tests lower it).
+        self._max_stamps_per_statement = _STAMPS_PER_STATEMENT
         self._new_locks()
         _ALL_STORES.add(self)
 
@@ -168,6 +202,45 @@ class SQLKeyStore:
             t.update()
             .where(t.c.id == bindparam("key_id"))
             .values(hash=bindparam("key_hash"))
+        )
+        self._set_expiry = (
+            t.update()
+            .where(t.c.id == bindparam("key_id"))
+            .where(t.c.revoked_at.is_(None))
+            .values(expires_at=bindparam("new_expiry"))
+        )
+        # Both records of a roll, locked (FOR UPDATE; SQLite locks the whole
+        # database instead) in the order of their ids, so that two rolls
+        # never wait for each other in a circle.
+        self._lock_pair = (
+            select(t.c.id, t.c.revoked_at, t.c.expires_at)
+            .where(or_(t.c.id == bindparam("first"), t.c.id == bindparam("second")))
+            .order_by(t.c.id)
+            .with_for_update()
+        )
+        # Last use, key by key: databases without UPDATE ... FROM.
+        self._record_one_use = (
+            t.update()
+            .where(t.c.id == bindparam("key_id"))
+            .where(
+                or_(t.c.last_used_at.is_(None), t.c.last_used_at < bindparam("stamp"))
+            )
+            .values(last_used_at=bindparam("stamp"))
+        )
+        # Last use on PostgreSQL: the whole batch as two arrays, one statement.
+        used = (
+            func.unnest(
+                bindparam("key_ids", type_=ARRAY(String())),
+                bindparam("stamps", type_=ARRAY(UTCDateTime())),
+            )
+            .table_valued(column("id", String()), column("stamp", UTCDateTime()))
+            .render_derived(name="used")
+        )
+        self._record_uses_from_arrays = (
+            t.update()
+            .where(t.c.id == used.c.id)
+            .where(or_(t.c.last_used_at.is_(None), t.c.last_used_at < used.c.stamp))
+            .values(last_used_at=used.c.stamp)
         )
 
     def _new_locks(self) -> None:
@@ -225,16 +298,20 @@ class SQLKeyStore:
     # -- schema --------------------------------------------------------------
 
     def create_table(self) -> None:
-        """Create the table and its index unless they exist.
+        """Create the table and its index unless they exist, or upgrade the table.
 
-        Called by the first use of the store; call it at start-up to learn of
-        a wrong URL or missing privileges early. Idempotent, and safe when
-        many processes run it at once: on PostgreSQL they take turns through
-        an advisory lock, on SQLite through the database's write lock, and
-        elsewhere one that finds the table created meanwhile carries on.
+        A table made by an earlier release gets the columns it lacks
+        (nullable: no row is touched; :func:`upgrade_table_sql` gives the
+        statements). Called by the first use of the store; call it at
+        start-up to learn of a wrong URL or missing privileges early.
+        Idempotent, and safe when many processes run it at once: on
+        PostgreSQL they take turns through an advisory lock, on SQLite
+        through the database's write lock, and elsewhere one that finds the
+        table created (or the columns added) meanwhile carries on.
         """
         with self._turns, self._engine.connect() as connection:
             create_missing_table(connection, self._table, self._dialect_name)
+            add_missing_columns(connection, self._table, self._dialect_name)
         self._table_ready = True
 
     def _ensure_table(self) -> None:
@@ -251,10 +328,15 @@ class SQLKeyStore:
             yield connection
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
+    def _writing(self, *, exclusive: bool = False) -> Iterator[Connection]:
+        # exclusive: for a transaction that reads before it writes. On SQLite
+        # it then takes the write lock at once: a transaction that only
+        # reads first could not write once another connection has.
         self._ensure_table()
         try:
             with self._turns, self._engine.begin() as connection:
+                if exclusive and self._dialect_name == "sqlite":
+                    _begin_immediate(connection)
                 yield connection
         except StatementError as error:
             # A value a column type refused (a naive datetime) is bad input,
@@ -287,6 +369,8 @@ class SQLKeyStore:
                         "created_by": record.created_by,
                         "revoked_at": record.revoked_at,
                         "revoked_by": record.revoked_by,
+                        "expires_at": record.expires_at,
+                        "last_used_at": record.last_used_at,
                     },
                 )
         except IntegrityError:
@@ -370,6 +454,181 @@ class SQLKeyStore:
         with self._writing() as connection:
             connection.execute(self._set_hash, {"key_id": key_id, "key_hash": key_hash})
 
+    # -- the optional protocols ----------------------------------------------
+
+    def set_expiry(self, key_id: str, expires_at: datetime | None) -> ApiKey | None:
+        """Set the expiry of the unrevoked record *key_id*; ``None``: never.
+
+        A revoked record is left as it is. Returns the record as stored
+        afterwards, or ``None`` if there is no record with this id; see
+        :meth:`RollingKeyStore.set_expiry
+        <vemetric_auth.RollingKeyStore.set_expiry>`.
+
+        :raises ValueError: *expires_at* is naive. Nothing is changed then.
+        """
+        _aware(expires_at, "expires_at")
+        with self._writing() as connection:
+            connection.execute(
+                self._set_expiry, {"key_id": key_id, "new_expiry": expires_at}
+            )
+            row = connection.execute(self._select_by_id, {"key_id": key_id}).first()
+        return None if row is None else _record(row)
+
+    def roll(
+        self,
+        old_key_id: str,
+        new_key_id: str,
+        *,
+        new_expires_at: datetime | None,
+        old_expires_at: datetime | None,
+        revoked_at: datetime | None,
+        revoked_by: str | None,
+    ) -> ApiKey | None:
+        """Activate *new_key_id* and retire *old_key_id*, in one transaction.
+
+        The new record gets *new_expires_at*; the old one is revoked (with
+        *revoked_at*) or else expires at the earlier of its own expiry and
+        *old_expires_at*. Both records are locked first (``FOR UPDATE``; on
+        SQLite the database's write lock), so a concurrent revocation or roll
+        either happens before, and is seen, or waits. Returns the old record
+        as stored afterwards, ``None`` (nothing changed) if either id is
+        unknown; see :meth:`RollingKeyStore.roll
+        <vemetric_auth.RollingKeyStore.roll>`.
+
+        :raises ValueError: either record is revoked, the ids are the same,
+            or a datetime is naive. Nothing is changed then.
+        """
+        _aware(new_expires_at, "new_expires_at")
+        _aware(old_expires_at, "old_expires_at")
+        _aware(revoked_at, "revoked_at")
+        if old_key_id == new_key_id:
+            raise ValueError("a key can not be rolled over to itself")
+        with self._writing(exclusive=True) as connection:
+            rows = {
+                row.id: row
+                for row in connection.execute(
+                    self._lock_pair, {"first": old_key_id, "second": new_key_id}
+                )
+            }
+            old, new = rows.get(old_key_id), rows.get(new_key_id)
+            if old is None or new is None:
+                return None
+            if old.revoked_at is not None:
+                raise ValueError("the key to roll is revoked")
+            if new.revoked_at is not None:
+                raise ValueError("the new key is revoked")
+            connection.execute(
+                self._set_expiry, {"key_id": new_key_id, "new_expiry": new_expires_at}
+            )
+            if revoked_at is not None:
+                connection.execute(
+                    self._revoke,
+                    {"key_id": old_key_id, "revoked_at": revoked_at, "by": revoked_by},
+                )
+            elif old_expires_at is not None and (
+                old.expires_at is None or old_expires_at < old.expires_at
+            ):
+                connection.execute(
+                    self._set_expiry,
+                    {"key_id": old_key_id, "new_expiry": old_expires_at},
+                )
+            row = connection.execute(self._select_by_id, {"key_id": old_key_id}).one()
+        return _record(row)
+
+    def record_use(self, stamps: Mapping[str, datetime]) -> None:
+        """Record when keys were last used, never moving a stamp backwards.
+
+        One ``UPDATE`` per 10,000 stamps, all in one transaction: on
+        PostgreSQL from two arrays (``unnest``), on SQLite 3.33 or later from
+        a ``VALUES`` list; other databases get one ``UPDATE`` per key (one
+        ``executemany``). Each row changes only if its stored stamp is older
+        (or missing), checked by the ``UPDATE`` itself, so concurrent writers
+        from many processes keep the latest stamp. Unknown ids are ignored.
+        See :meth:`UsageRecordingKeyStore.record_use
+        <vemetric_auth.UsageRecordingKeyStore.record_use>`.
+
+        :raises ValueError: a stamp is naive. Nothing is changed then.
+        """
+        if not stamps:
+            return
+        for key_id, stamp in stamps.items():
+            if not isinstance(key_id, str):
+                raise TypeError("last-use stamps must be keyed by key id (str)")
+            if stamp is None:
+                raise TypeError("a last-use stamp must be a datetime")
+            _aware(stamp, "a last-use stamp")
+        # Rows are updated in the order of their ids, whoever writes: two
+        # batches sharing keys then never wait for each other in a circle.
+        batch = sorted(stamps.items())
+        with self._writing() as connection:
+            write, size = self._stamp_writer or self._choose_stamp_writer(connection)
+            size = min(size, self._max_stamps_per_statement)
+            for start in range(0, len(batch), size):
+                write(connection, batch[start : start + size])
+
+    def _choose_stamp_writer(self, connection: Connection) -> tuple[_StampWriter, int]:
+        """Pick how last-use stamps are written on this database, and how many
+        one statement may take."""
+        dialect = connection.dialect
+        chosen: tuple[_StampWriter, int]
+        if self._dialect_name == "postgresql":
+            chosen = (self._write_stamps_from_arrays, _STAMPS_PER_STATEMENT)
+        elif (
+            self._dialect_name == "sqlite"
+            and dialect.paramstyle == "qmark"
+            and (dialect.server_version_info or (0,)) >= (3, 33)
+        ):
+            # UPDATE ... FROM came in SQLite 3.33; each stamp binds two variables.
+            size = min(_STAMPS_PER_STATEMENT, _sqlite_variable_limit(connection) // 2)
+            chosen = (self._write_stamps_from_values, size)
+        else:
+            # executemany: the driver's batching, whatever the number.
+            chosen = (self._write_stamps_one_by_one, _STAMPS_PER_STATEMENT)
+        self._stamp_writer = chosen
+        return chosen
+
+    def _write_stamps_from_arrays(
+        self, connection: Connection, batch: Sequence[tuple[str, datetime]]
+    ) -> None:
+        connection.execute(
+            self._record_uses_from_arrays,
+            {
+                "key_ids": [key_id for key_id, _ in batch],
+                "stamps": [stamp for _, stamp in batch],
+            },
+        )
+
+    def _write_stamps_from_values(
+        self, connection: Connection, batch: Sequence[tuple[str, datetime]]
+    ) -> None:
+        # Written out rather than built with SQLAlchemy's values(): compiling
+        # 10,000 rows of bound parameters takes it most of a second.
+        dialect = connection.dialect
+        stored = self._table.c.last_used_at.type.bind_processor(dialect)
+        assert stored is not None  # a SQLite DATETIME is stored as text
+        table = dialect.identifier_preparer.format_table(self._table)
+        rows = ", ".join(["(?, ?)"] * len(batch))
+        parameters: list[Any] = []
+        for key_id, stamp in batch:
+            parameters += (key_id, stored(stamp))
+        # The statement starts with UPDATE (no WITH) so that pysqlite sees a
+        # write and begins the transaction: the chunks are one transaction.
+        connection.exec_driver_sql(
+            f"UPDATE {table} SET last_used_at = used.column2 "  # noqa: S608 ("?"s)
+            f"FROM (VALUES {rows}) AS used "
+            f"WHERE {table}.id = used.column1 AND ({table}.last_used_at IS NULL "
+            f"OR {table}.last_used_at < used.column2)",
+            tuple(parameters),
+        )
+
+    def _write_stamps_one_by_one(
+        self, connection: Connection, batch: Sequence[tuple[str, datetime]]
+    ) -> None:
+        connection.execute(
+            self._record_one_use,
+            [{"key_id": key_id, "stamp": stamp} for key_id, stamp in batch],
+        )
+
 
 def _record(row: Any) -> ApiKey:
     # A Row of the record columns; its generic type differs between
@@ -383,7 +642,27 @@ def _record(row: Any) -> ApiKey:
         created_by=row.created_by,
         revoked_at=row.revoked_at,
         revoked_by=row.revoked_by,
+        expires_at=row.expires_at,
+        last_used_at=row.last_used_at,
     )
+
+
+def _begin_immediate(connection: Connection) -> None:
+    # pysqlite begins a deferred transaction before the first write only; an
+    # application's engine may already have begun one (then it stays
+    # deferred: SQLite still refuses a write that would be inconsistent).
+    dbapi_connection = connection.connection.dbapi_connection
+    if not getattr(dbapi_connection, "in_transaction", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _aware(moment: datetime | None, what: str) -> None:
+    if moment is None:
+        return
+    if not isinstance(moment, datetime):
+        raise TypeError(f"{what} must be a datetime")
+    if moment.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
 
 
 # Stores of this process, whose locks a forked child makes anew.
@@ -397,3 +676,14 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _sqlite_variable_limit(connection: Connection) -> int:
+    """How many variables one statement may bind on this SQLite connection."""
+    dbapi_connection = connection.connection.dbapi_connection
+    # Connection.getlimit and the constant came in Python 3.11.
+    getlimit = getattr(dbapi_connection, "getlimit", None)
+    category = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
+    if getlimit is None or category is None:
+        return _SQLITE_SAFE_VARIABLES
+    return int(getlimit(category))
