@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from flask import Flask, abort, redirect
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from vemetric_auth import ApiKey, InvalidApiKey, KeyManager
+from vemetric_auth import ApiKey, InMemoryKeyStore, InvalidApiKey, KeyManager
 from vemetric_auth import pages as pages_module
 from vemetric_auth.flask import VemetricAuth, key_pages
 
@@ -109,6 +110,21 @@ def row_names(response: TestResponse) -> list[str]:
 
 def revoke_url(record: ApiKey) -> str:
     return f"{PREFIX}/projects/{record.project_id}/keys/{record.id}/revoke"
+
+
+def roll_url(record: ApiKey) -> str:
+    return f"{PREFIX}/projects/{record.project_id}/keys/{record.id}/roll"
+
+
+def roll(
+    client: FlaskClient, record: ApiKey, overlap: str = "24h", expires: str = "never"
+) -> TestResponse:
+    """Roll a key through the pages, as a browser would."""
+    token = form_token(client, roll_url(record))
+    return client.post(
+        roll_url(record),
+        data={"overlap": overlap, "expires": expires, "csrf_token": token},
+    )
 
 
 def snapshot(keys: KeyManager) -> list[ApiKey]:
@@ -348,7 +364,7 @@ def test_the_list_shows_each_key_newest_first(
     for issued in (first, second, third):
         record = issued.record
         assert record.prefix in text
-        assert record.created_at.strftime("%Y-%m-%d %H:%M UTC") in text
+        assert record.created_at.strftime("%Y-%m-%d %H:%M") in text
         assert any(a.get("href") == revoke_url(record) for a in page.all("a"))
         assert issued.key not in response.text
     assert "alice" in text
@@ -588,7 +604,7 @@ def _tampered(token: str) -> str:
         ),
     ],
 )
-@pytest.mark.parametrize("action", ["create", "revoke"])
+@pytest.mark.parametrize("action", ["create", "revoke", "roll"])
 def test_a_post_without_this_sessions_token_is_400_and_changes_nothing(
     host: Host,
     keys: KeyManager,
@@ -603,6 +619,8 @@ def test_a_post_without_this_sessions_token_is_400_and_changes_nothing(
     before = snapshot(keys)
     if action == "create":
         response = client.post(LIST, data={**data, "name": "forged"})
+    elif action == "roll":
+        response = client.post(roll_url(target.record), data={**data, "overlap": "0"})
     else:
         response = client.post(revoke_url(target.record), data=data)
     assert response.status_code == 400
@@ -663,16 +681,24 @@ def test_every_change_is_a_post_and_no_get_changes_anything(
         "create_key": {"POST"},
         "confirm_revoke": {"GET"},
         "revoke_key": {"POST"},
+        "confirm_roll": {"GET"},
+        "roll_key": {"POST"},
     }
     issued = keys.create("proj_1", "stays")
     before = snapshot(keys)
-    for url in (LIST, LIST + "?revoked=shown", NEW, revoke_url(issued.record)):
+    for url in (
+        LIST,
+        LIST + "?revoked=shown",
+        NEW,
+        revoke_url(issued.record),
+        roll_url(issued.record),
+    ):
         assert client.get(url).status_code == 200
         assert client.head(url).status_code == 200
     # Another method matches no page: the app answers it (VemetricAuth asks
     # for a key before it tells a 405).
     for method in ("PUT", "PATCH", "DELETE"):
-        for url in (revoke_url(issued.record), LIST):
+        for url in (revoke_url(issued.record), roll_url(issued.record), LIST):
             assert client.open(url, method=method).status_code in (401, 405)
     assert snapshot(keys) == before
 
@@ -723,6 +749,18 @@ def every_page(
     yield "revoke confirm", client.get(revoke_url(issued.record))
     yield "revoke confirm of a revoked key", client.get(revoke_url(gone.record))
     token = form_token(client)
+    yield "roll form", client.get(roll_url(issued.record))
+    yield "rolled", roll(client, issued.record, overlap="1h")
+    yield (
+        "roll refused",
+        client.post(
+            roll_url(issued.record), data={"overlap": "2h", "csrf_token": token}
+        ),
+    )
+    yield (
+        "roll of a revoked key",
+        client.post(roll_url(gone.record), data={"overlap": "1h", "csrf_token": token}),
+    )
     yield "revoked", client.post(revoke_url(issued.record), data={"csrf_token": token})
     yield "csrf refused", client.post(LIST, data={"name": "x"})
     yield "forbidden", client.get(f"{PREFIX}/projects/proj_9/keys")
@@ -734,12 +772,12 @@ def test_every_page_carries_the_security_headers_and_no_inline_code(
 ) -> None:
     seen = set()
     for what, response in every_page(keys, client):
-        assert response.status_code in (200, 303, 400, 403, 404, 422), what
+        assert response.status_code in (200, 303, 400, 403, 404, 409, 422), what
         seen.add(response.status_code)
         assert_security_headers(response)
         if response.content_type.startswith("text/html") and response.text.strip():
             assert_no_inline_code(response)
-    assert seen == {200, 303, 400, 403, 404, 422}
+    assert seen == {200, 303, 400, 403, 404, 409, 422}
 
 
 def test_a_store_outage_is_a_503_page_with_the_headers(
@@ -859,3 +897,377 @@ def test_a_name_is_never_put_in_a_url(keys: KeyManager, client: FlaskClient) -> 
     ):
         for name in ("href", "action", "src"):
             assert "Production" not in (attrs.get(name) or "")
+
+
+def test_a_rolled_key_is_only_in_the_body_of_the_post_that_rolled_it(
+    host: Host, keys: KeyManager, client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    old = keys.create("proj_1", "to roll")
+    response = roll(client, old.record)
+    key = key_in(response)
+    assert key != old.key
+    assert response.location is None
+    for name, value in response.headers.items():
+        assert key not in value, name
+    with client.session_transaction() as session:
+        assert key not in repr(dict(session))
+    for url in (LIST, roll_url(old.record), revoke_url(old.record)):
+        assert key not in client.get(url).text
+    assert key not in caplog.text
+    assert key[12:] not in caplog.text
+
+
+# -- the lifecycle: expiry, last use, roll ------------------------------------------
+
+
+class SixMethodStore:
+    """A store of the first release: the six methods of KeyStore, no more."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryKeyStore()
+
+    def add(self, record: ApiKey, key_hash: str) -> None:
+        self.inner.add(record, key_hash)
+
+    def get(self, key_id: str) -> ApiKey | None:
+        return self.inner.get(key_id)
+
+    def find_by_prefix(self, prefix: str) -> Any:
+        return self.inner.find_by_prefix(prefix)
+
+    def list(self, project_id: str, *, include_revoked: bool = False) -> list[ApiKey]:
+        return self.inner.list(project_id, include_revoked=include_revoked)
+
+    def revoke(self, key_id: str, *, revoked_at: Any, revoked_by: Any) -> Any:
+        return self.inner.revoke(key_id, revoked_at=revoked_at, revoked_by=revoked_by)
+
+    def set_hash(self, key_id: str, key_hash: str) -> None:
+        self.inner.set_hash(key_id, key_hash)
+
+
+def test_the_list_shows_last_use_expiry_and_status(
+    keys: KeyManager, memory_store: InMemoryKeyStore, client: FlaskClient
+) -> None:
+    soon = datetime.now(timezone.utc) + timedelta(days=30)
+    used = keys.create("proj_1", "used", expires_at=soon)
+    memory_store.record_use(
+        {used.record.id: datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)}
+    )
+    expired = keys.create("proj_1", "expired", expires_at=soon)
+    memory_store.set_expiry(
+        expired.record.id, datetime(2026, 1, 1, tzinfo=timezone.utc)
+    )
+    response = client.get(LIST)
+    rows = re.findall(r"<tr class=\"row-(\w+)\">(.*?)</tr>", response.text, re.S)
+    by_name = {
+        re.search(r'class="name">(.*?)<', row).group(1): (status, row)
+        for status, row in rows
+    }  # type: ignore[union-attr]
+    status, row = by_name["used"]
+    assert status == "active"
+    assert "2026-01-02 03:04" in row  # last used
+    assert soon.strftime("%Y-%m-%d %H:%M") in row
+    status, row = by_name["expired"]
+    assert status == "expired"
+    assert "Never" in row  # never used
+    assert "2026-01-01 00:00" in row
+    assert ">expired<" in row
+    assert 'href="' + roll_url(expired.record) + '"' in row  # an expired key rolls
+
+
+def test_create_with_an_expiry(keys: KeyManager, client: FlaskClient) -> None:
+    form = Page(client.get(NEW).text)
+    [select] = form.all("select")
+    assert select.get("name") == "expires"
+    token = form_token(client)
+    before = datetime.now(timezone.utc)
+    response = client.post(
+        LIST, data={"name": "month", "expires": "30d", "csrf_token": token}
+    )
+    assert response.status_code == 200
+    record = keys.authenticate(key_in(response))
+    assert record.expires_at is not None
+    assert before + timedelta(days=30) <= record.expires_at
+    assert record.expires_at <= datetime.now(timezone.utc) + timedelta(days=30)
+    assert record.expires_at.strftime("%Y-%m-%d %H:%M") in response.text
+
+
+def test_an_unknown_expiry_is_refused_next_to_its_field(
+    keys: KeyManager, client: FlaskClient
+) -> None:
+    token = form_token(client)
+    response = client.post(
+        LIST, data={"name": "odd", "expires": "forever", "csrf_token": token}
+    )
+    assert response.status_code == 422
+    assert 'id="key-expires-error"' in response.text
+    assert keys.list("proj_1", include_revoked=True) == []
+
+
+def test_a_new_key_works_only_once_its_page_is_rendered(
+    keys: KeyManager, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_render = pages_module.render_template
+    real_activate = keys.activate
+
+    def render(template: str, /, **context: Any) -> str:
+        if template == "vemetric_auth/issued.html":
+            events.append("rendered")
+            # Rendered while the key does not work yet.
+            with pytest.raises(InvalidApiKey):
+                keys.authenticate(context["key"])
+        return real_render(template, **context)
+
+    def activate(issued: Any) -> ApiKey:
+        events.append("activated")
+        return real_activate(issued)
+
+    monkeypatch.setattr(pages_module, "render_template", render)
+    monkeypatch.setattr(keys, "activate", activate)
+    created = create(client, "pending first")
+    assert keys.authenticate(key_in(created)).name == "pending first"
+    old = keys.list("proj_1")[0]
+    rolled = roll(client, old)
+    assert keys.authenticate(key_in(rolled)).name == "pending first"
+    assert events == ["rendered", "activated", "rendered", "activated"]
+
+
+def test_a_new_key_whose_page_fails_never_works(
+    keys: KeyManager, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued_keys: list[str] = []
+    real_render = pages_module.render_template
+
+    def render(template: str, /, **context: Any) -> str:
+        if template == "vemetric_auth/issued.html":
+            issued_keys.append(context["key"])
+            raise RuntimeError("a template of the host is broken")
+        return real_render(template, **context)
+
+    monkeypatch.setattr(pages_module, "render_template", render)
+    with pytest.raises(RuntimeError, match="broken"):
+        create(client, "never shown")
+    [key] = issued_keys
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(key)
+    [record] = keys.list("proj_1", include_revoked=True)
+    assert record.revoked_by == "vemetric-auth: the page showing it failed"
+
+
+def test_a_failed_activation_shows_no_key(
+    keys: KeyManager, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vemetric_auth import StoreUnavailable
+
+    def activate(issued: Any) -> ApiKey:
+        raise StoreUnavailable("the store went away")
+
+    monkeypatch.setattr(keys, "activate", activate)
+    response = create(client, "not activated")
+    assert response.status_code == 503
+    assert not KEY_PATTERN.search(response.text)
+
+
+def test_roll_asks_for_the_overlap_then_shows_the_new_key(
+    keys: KeyManager, client: FlaskClient
+) -> None:
+    old = keys.create("proj_1", "deploys", created_by="bob")
+    form = client.get(roll_url(old.record))
+    assert form.status_code == 200
+    page = Page(form.text)
+    assert "Roll API key “deploys”" in page.text
+    radios = [i for i in page.all("input") if i.get("type") == "radio"]
+    assert [r.get("value") for r in radios] == ["0", "1h", "24h", "7d", "30d"]
+    assert [r.get("value") for r in radios if "checked" in r] == ["24h"]
+    assert keys.authenticate(old.key).id == old.record.id  # asking changed nothing
+
+    before = datetime.now(timezone.utc)
+    response = roll(client, old.record, overlap="7d", expires="90d")
+    assert response.status_code == 200
+    new_key = key_in(response)
+    new = keys.authenticate(new_key)
+    assert (new.project_id, new.name, new.created_by) == ("proj_1", "deploys", "alice")
+    assert new.expires_at is not None
+    assert new.expires_at >= before + timedelta(days=90)
+    text = Page(response.text).text
+    assert "API key rolled" in text
+    assert f"It replaces {old.record.prefix} , which keeps working until" in text
+    # The old key still works, until the end of the overlap.
+    stays = keys.authenticate(old.key)
+    assert stays.id == old.record.id
+    assert stays.expires_at is not None
+    assert before + timedelta(days=7) <= stays.expires_at
+    assert stays.expires_at <= datetime.now(timezone.utc) + timedelta(days=7)
+
+
+def test_roll_with_no_overlap_revokes_the_old_key_at_once(
+    keys: KeyManager, client: FlaskClient
+) -> None:
+    old = keys.create("proj_1", "now")
+    response = roll(client, old.record, overlap="0")
+    assert response.status_code == 200
+    assert "was revoked" in Page(response.text).text
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(old.key)
+    record = keys.get(old.record.id)
+    assert (record.revoked, record.revoked_by) == (True, "alice")
+    assert keys.authenticate(key_in(response)).name == "now"
+
+
+@pytest.mark.parametrize(
+    ("overlap", "expires", "field"),
+    [
+        pytest.param("2h", "never", "overlap", id="unknown-overlap"),
+        pytest.param("", "never", "overlap", id="no-overlap"),
+        pytest.param("1h", "soon", "key-expires", id="unknown-expiry"),
+    ],
+)
+def test_roll_refuses_a_choice_it_does_not_offer(
+    keys: KeyManager, client: FlaskClient, overlap: str, expires: str, field: str
+) -> None:
+    old = keys.create("proj_1", "stays")
+    before = snapshot(keys)
+    token = form_token(client, roll_url(old.record))
+    response = client.post(
+        roll_url(old.record),
+        data={"overlap": overlap, "expires": expires, "csrf_token": token},
+    )
+    assert response.status_code == 422
+    assert f'id="{field}-error"' in response.text
+    assert snapshot(keys) == before
+
+
+def test_a_revoked_key_is_not_rolled(keys: KeyManager, client: FlaskClient) -> None:
+    gone = keys.create("proj_1", "gone")
+    keys.revoke(gone.record.id)
+    form = client.get(roll_url(gone.record))
+    assert "a revoked key cannot be rolled" in Page(form.text).text
+    assert not Page(form.text).all("form")
+    before = snapshot(keys)
+    token = form_token(client)
+    response = client.post(
+        roll_url(gone.record), data={"overlap": "1h", "csrf_token": token}
+    )
+    assert response.status_code == 409
+    assert snapshot(keys) == before
+
+
+def test_a_key_of_another_project_is_not_rolled_here(
+    keys: KeyManager, client: FlaskClient
+) -> None:
+    theirs = keys.create("proj_2", "bob's")
+    token = form_token(client)
+    url = f"{LIST}/{theirs.record.id}/roll"
+    assert client.get(url).status_code == 404
+    response = client.post(url, data={"overlap": "0", "csrf_token": token})
+    assert response.status_code == 404
+    assert keys.authenticate(theirs.key).id == theirs.record.id
+    assert len(keys.list("proj_2")) == 1
+
+
+def test_a_store_without_the_lifecycle_offers_no_expiry_and_no_roll(
+    hasher: Any,
+) -> None:
+    keys = KeyManager(SixMethodStore(), hasher=hasher)  # type: ignore[arg-type]
+    client = Host(keys).client()
+    issued = keys.create("proj_1", "old store")
+    listed = Page(client.get(LIST).text)
+    assert not any("/roll" in (a.get("href") or "") for a in listed.all("a"))
+    assert not Page(client.get(NEW).text).all("select")
+    assert client.get(roll_url(issued.record)).status_code == 404
+    token = form_token(client)
+    response = client.post(
+        LIST, data={"name": "plain", "expires": "30d", "csrf_token": token}
+    )
+    assert response.status_code == 200
+    record = keys.authenticate(key_in(response))
+    assert record.expires_at is None
+
+
+# -- the example app's login in front of the pages ----------------------------------
+
+
+def example_module() -> Any:
+    """``examples/flask_app.py``, imported."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    try:
+        return importlib.import_module("flask_app")
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.fixture
+def example_app(tmp_path: Path) -> Iterator[Flask]:
+    flask_app = example_module()
+    app = flask_app.create_app(
+        {
+            "VEMETRIC_AUTH_DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}",
+            "DEMO_PASSWORD": "letmein",
+        }
+    )
+    with app.app_context():
+        flask_app.projects().add("proj_demo", "Demo", "demo.example")
+    yield app
+    flask_app.auth.keys_for(app).store.close()  # type: ignore[attr-defined]
+    app.extensions["flask_app.projects"].engine.dispose()
+
+
+EXAMPLE_KEYS = "/settings/projects/proj_demo/keys"
+
+
+def test_the_example_sends_a_stranger_to_its_login_and_back(example_app: Flask) -> None:
+    client = example_app.test_client()
+    response = client.get(EXAMPLE_KEYS)
+    assert response.status_code == 302
+    assert response.location.startswith("/login?next=")
+    wrong = client.post(
+        "/login", data={"username": "demo", "password": "nope", "next": EXAMPLE_KEYS}
+    )
+    assert wrong.status_code == 401
+    assert client.get(EXAMPLE_KEYS).status_code == 302
+    right = client.post(
+        "/login", data={"username": "demo", "password": "letmein", "next": EXAMPLE_KEYS}
+    )
+    assert (right.status_code, right.location) == (303, EXAMPLE_KEYS)
+    assert client.get(EXAMPLE_KEYS).status_code == 200
+    # A project the app does not have: refused by the callback.
+    assert client.get("/settings/projects/proj_nope/keys").status_code == 403
+    client.post("/logout")
+    assert client.get(EXAMPLE_KEYS).status_code == 302
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["https://evil.example/", "//evil.example/", "/\\evil.example", "javascript:x"],
+)
+def test_the_example_login_sends_nobody_elsewhere(
+    example_app: Flask, target: str
+) -> None:
+    response = example_app.test_client().post(
+        "/login", data={"username": "demo", "password": "letmein", "next": target}
+    )
+    assert (response.status_code, response.location) == (303, "/login")
+
+
+def test_the_example_login_is_off_without_a_password(tmp_path: Path) -> None:
+    flask_app = example_module()
+    app = flask_app.create_app(
+        {
+            "VEMETRIC_AUTH_DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}",
+            "DEMO_PASSWORD": "",
+        }
+    )
+    try:
+        response = app.test_client().post(
+            "/login", data={"username": "demo", "password": ""}
+        )
+        assert response.status_code == 401
+        assert "set DEMO_PASSWORD" in response.text
+    finally:
+        flask_app.auth.keys_for(app).store.close()  # type: ignore[attr-defined]
+        app.extensions["flask_app.projects"].engine.dispose()

@@ -1,7 +1,9 @@
 """Key management pages: a Flask blueprint a host app mounts behind its login.
 
-The "Settings > API Keys" pages of a project: the list of its keys, a form
-that creates one and shows it once, a confirmation before revoking one.
+The "Settings > API Keys" pages of a project: the list of its keys (with
+their last use, expiry and status), a form that creates one and shows it
+once, a confirmation before revoking one, and a form that rolls one over to a
+new key after an overlap of the user's choosing.
 
 .. code-block:: python
 
@@ -34,17 +36,20 @@ nothing. Every response of the pages is ``Cache-Control: no-store`` and
 ``Referrer-Policy: no-referrer`` under a Content-Security-Policy that allows
 no inline script or style. Names are HTML-escaped. The plaintext of a new key
 is only in the body of the response to the ``POST`` that made it: never in a
-URL, a redirect, the session, a flash message or a log record.
+URL, a redirect, the session, a flash message or a log record. On a store
+with :class:`~vemetric_auth.RollingKeyStore`'s methods, a new key is stored
+inactive and made to work only once its page is rendered.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import shlex
 from collections.abc import Callable
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 from urllib.parse import quote
 
 from ._extras import install_hint
@@ -84,6 +89,7 @@ from .records import (
     _check_key_id,
     _check_name,
 )
+from .stores.base import RollingKeyStore
 
 if TYPE_CHECKING:
     from .flask import VemetricAuth
@@ -113,6 +119,30 @@ _CSRF_FIELD = "csrf_token"
 _CSRF_SALT = "vemetric_auth.pages.csrf"
 _FLASH_CATEGORY = "vemetric_auth"
 _RETRY_AFTER = "5"
+# Who revoked a new key whose page could not be rendered, as the record says.
+_NOT_SHOWN = "vemetric-auth: the page showing it failed"
+
+#: A new key's expiry choices: form value, label, lifetime (``None``: never).
+_EXPIRIES: tuple[tuple[str, str, timedelta | None], ...] = (
+    ("never", "Never", None),
+    ("7d", "In 7 days", timedelta(days=7)),
+    ("30d", "In 30 days", timedelta(days=30)),
+    ("90d", "In 90 days", timedelta(days=90)),
+    ("365d", "In a year", timedelta(days=365)),
+)
+#: How long a rolled key keeps working: form value, label, overlap.
+_OVERLAPS: tuple[tuple[str, str, timedelta], ...] = (
+    ("0", "At once: revoke it now", timedelta(0)),
+    ("1h", "In 1 hour", timedelta(hours=1)),
+    ("24h", "In 24 hours", timedelta(hours=24)),
+    ("7d", "In 7 days", timedelta(days=7)),
+    ("30d", "In 30 days", timedelta(days=30)),
+)
+_DEFAULT_OVERLAP = "24h"
+
+logger = logging.getLogger("vemetric_auth")
+
+_T = TypeVar("_T")
 
 #: Who is acting: what ``authorize`` returned for the request's project.
 Authorize = Callable[[str], "str | None"]
@@ -129,8 +159,14 @@ def key_pages(
 
     Register it under a prefix of the app's choosing; its pages are then
     ``<prefix>/projects/<project_id>/keys`` (the list; endpoint
-    ``<name>.list_keys``), ``.../keys/new`` (create) and
-    ``.../keys/<key_id>/revoke`` (confirm and revoke).
+    ``<name>.list_keys``), ``.../keys/new`` (create),
+    ``.../keys/<key_id>/revoke`` (confirm and revoke) and
+    ``.../keys/<key_id>/roll`` (choose the overlap and roll).
+
+    Expiry and rolling need a store with
+    :class:`~vemetric_auth.RollingKeyStore`'s methods (the shipped ones have
+    them): on a store without them the create form asks for no expiry and
+    the list offers no roll.
 
     :param keys: The app's :class:`~vemetric_auth.flask.VemetricAuth`: the
         pages then use the key manager of the app they run in, and need no
@@ -140,7 +176,8 @@ def key_pages(
     :param authorize: Called with the project id of every request to the
         pages (static files apart), before anything else is done. Returns the
         acting user's name, stored as the ``created_by`` and ``revoked_by`` of
-        the keys they create and revoke; or ``None`` to refuse (``403``). To
+        the keys they create, roll and revoke; or ``None`` to refuse
+        (``403``). To
         send an anonymous user to the app's login page instead, raise the
         redirect: ``flask.abort(flask.redirect(url_for("login")))``.
     :param name: The blueprint's name, the first part of its endpoints; give
@@ -188,6 +225,18 @@ def key_pages(
         "/projects/<project_id>/keys/<key_id>/revoke",
         "revoke_key",
         pages.revoke_key,
+        methods=["POST"],
+    )
+    blueprint.add_url_rule(
+        "/projects/<project_id>/keys/<key_id>/roll",
+        "confirm_roll",
+        pages.confirm_roll,
+        methods=["GET"],
+    )
+    blueprint.add_url_rule(
+        "/projects/<project_id>/keys/<key_id>/roll",
+        "roll_key",
+        pages.roll_key,
         methods=["POST"],
     )
     if not isinstance(keys, KeyManager):
@@ -251,6 +300,10 @@ class _KeyPages:
             return self._keys
         return self._keys.keys_for(current_app)
 
+    def _rolling(self, keys: KeyManager) -> bool:
+        """Whether the store can expire keys, roll them and hold them pending."""
+        return isinstance(keys.store, RollingKeyStore)
+
     # -- list ------------------------------------------------------------
 
     def list_keys(self, project_id: str) -> str:
@@ -258,15 +311,17 @@ class _KeyPages:
         show_revoked = request.args.get("revoked") == "shown"
         # One store call, whatever the number of keys: the rows need nothing
         # more than the records.
-        records = self._manager().list(project_id, include_revoked=True)
+        keys = self._manager()
+        records = keys.list(project_id, include_revoked=True)
         keys_url = url_for(".list_keys", project_id=project_id)
+        now = _utcnow()
         rows = []
         hidden = 0
         for record in records:
             if record.revoked and not show_revoked:
                 hidden += 1
                 continue
-            rows.append(_row(record, keys_url))
+            rows.append(_row(record, keys_url, now))
         return render_template(
             "vemetric_auth/list.html",
             rows=rows,
@@ -274,64 +329,111 @@ class _KeyPages:
             show_revoked=show_revoked,
             any_revoked=hidden > 0 or any(row.revoked for row in rows),
             keys_url=keys_url,
+            can_roll=self._rolling(keys),
         )
 
     # -- create ----------------------------------------------------------
 
     def new_key(self, project_id: str) -> str:
-        """The form that asks for a name."""
-        return render_template(
-            "vemetric_auth/create.html",
-            name="",
-            errors={},
-            max_name_length=MAX_NAME_LENGTH,
-        )
+        """The form that asks for a name and, if the store can, an expiry."""
+        return self._create_form(name="", expires="never", errors={})
 
     def create_key(self, project_id: str) -> tuple[str, int] | str:
         """Create the key and show it, this once; or the form with its errors."""
+        keys = self._manager()
+        rolling = self._rolling(keys)
         given = request.form.get("name", "")
+        expires = request.form.get("expires", "never") if rolling else "never"
+        errors = {}
         try:
             name = _check_name(given)
         except (TypeError, ValueError) as error:
-            return self._create_form_again(given, {"name": _sentence(error)})
-        issued = self._manager().create(
-            project_id, name, created_by=g._vemetric_auth_pages_user
+            errors["name"] = _sentence(error)
+        lifetime = _choice(_EXPIRIES, expires)
+        if lifetime is None:
+            errors["expires"] = "Choose when the key expires."
+        if errors or lifetime is None:
+            return self._create_form(name=given, expires=expires, errors=errors), 422
+        issued = keys.create(
+            project_id,
+            name,
+            created_by=g._vemetric_auth_pages_user,
+            expires_at=_expiry(lifetime[0]),
+            pending=rolling,
         )
-        return self._show_issued(project_id, issued, rolled_from=None)
+        return self._show_then_activate(keys, project_id, issued, pending=rolling)
 
-    def _create_form_again(self, given: str, errors: dict[str, str]) -> tuple[str, int]:
-        return (
-            render_template(
-                "vemetric_auth/create.html",
-                # Never echo a key pasted into the name: this response did
-                # not make it.
-                name="" if holds_key(given) else given,
-                errors=errors,
-                max_name_length=MAX_NAME_LENGTH,
-            ),
-            422,
-        )
-
-    def _show_issued(
-        self, project_id: str, issued: IssuedKey, *, rolled_from: ApiKey | None
-    ) -> str:
-        # The response body is the one place the plaintext goes.
+    def _create_form(self, *, name: str, expires: str, errors: dict[str, str]) -> str:
         return render_template(
-            "vemetric_auth/issued.html",
-            key=issued.key,
-            record=issued.record,
-            rolled_from=rolled_from,
-            curl=shlex.join(
-                [
-                    "curl",
-                    "-i",
-                    "-H",
-                    f"Authorization: Bearer {issued.key}",
-                    self._curl_url(project_id),
-                ]
-            ),
-            created=_time(issued.record.created_at),
+            "vemetric_auth/create.html",
+            # Never echo a key pasted into the name: no response but the
+            # one to the POST that made a key may hold one.
+            name="" if holds_key(name) else name,
+            expires=expires,
+            expiries=[(value, label) for value, label, _ in _EXPIRIES],
+            can_expire=self._rolling(self._manager()),
+            errors=errors,
+            max_name_length=MAX_NAME_LENGTH,
         )
+
+    def _show_then_activate(
+        self,
+        keys: KeyManager,
+        project_id: str,
+        issued: IssuedKey,
+        *,
+        pending: bool,
+        rolled_from: ApiKey | None = None,
+        old_until: datetime | None = None,
+    ) -> str:
+        """Render the page of a new key; then, if *pending*, make the key work.
+
+        A key whose page could not be rendered never works: it is revoked.
+        """
+        try:
+            # The response body is the one place the plaintext goes.
+            page = render_template(
+                "vemetric_auth/issued.html",
+                key=issued.key,
+                record=issued.record,
+                created=_time(issued.record.created_at),
+                expires=_maybe_time(issued.record.expires_at),
+                rolled_from=rolled_from,
+                old_until=_maybe_time(old_until),
+                curl=shlex.join(
+                    [
+                        "curl",
+                        "-i",
+                        "-H",
+                        f"Authorization: Bearer {issued.key}",
+                        self._curl_url(project_id),
+                    ]
+                ),
+            )
+        except BaseException:
+            self._revoke_unshown(keys, issued.record)
+            raise
+        if pending:
+            try:
+                keys.activate(issued)
+            except (ValueError, KeyNotFound):
+                abort(
+                    409,
+                    description=(
+                        "The new key could not be made to work: it, or the key "
+                        "it replaces, was revoked or removed meanwhile. The new "
+                        "key never works; nothing else was changed."
+                    ),
+                )
+        return page
+
+    def _revoke_unshown(self, keys: KeyManager, record: ApiKey) -> None:
+        try:
+            keys.revoke(record.id, revoked_by=_NOT_SHOWN)
+        except Exception:  # the page's own error is the one to report
+            logger.warning(
+                "could not revoke key %s, whose page failed", record.id, exc_info=True
+            )
 
     def _curl_url(self, project_id: str) -> str:
         if self._api_url is None:
@@ -347,8 +449,7 @@ class _KeyPages:
         record = self._record(project_id, key_id)
         return render_template(
             "vemetric_auth/revoke.html",
-            record=record,
-            row=_row(record, url_for(".list_keys", project_id=project_id)),
+            row=_row(record, url_for(".list_keys", project_id=project_id), _utcnow()),
         )
 
     def revoke_key(self, project_id: str, key_id: str) -> Response:
@@ -370,6 +471,86 @@ class _KeyPages:
             )
         return redirect(url_for(".list_keys", project_id=project_id), 303)
 
+    # -- roll ----------------------------------------------------------------
+
+    def confirm_roll(self, project_id: str, key_id: str) -> str:
+        """The form that asks for the overlap (and the new key's expiry)."""
+        record = self._rollable(project_id, key_id)
+        return self._roll_form(record, overlap=_DEFAULT_OVERLAP, expires="never")
+
+    def roll_key(self, project_id: str, key_id: str) -> tuple[str, int] | str:
+        """Roll the key over to a new one and show the new key, this once."""
+        keys = self._manager()
+        record = self._rollable(project_id, key_id)
+        overlap_choice = request.form.get("overlap", "")
+        expires = request.form.get("expires", "never")
+        overlap = _choice(_OVERLAPS, overlap_choice)
+        lifetime = _choice(_EXPIRIES, expires)
+        errors = {}
+        if overlap is None:
+            errors["overlap"] = "Choose when the old key stops working."
+        if lifetime is None:
+            errors["expires"] = "Choose when the new key expires."
+        if record.revoked:
+            errors["key"] = "This key is revoked: a revoked key cannot be rolled."
+        if errors or overlap is None or lifetime is None:
+            form = self._roll_form(
+                record, overlap=overlap_choice, expires=expires, errors=errors
+            )
+            return form, 409 if "key" in errors else 422
+        try:
+            issued = keys.roll(
+                record.id,
+                overlap=overlap[0],
+                rolled_by=g._vemetric_auth_pages_user,
+                expires_at=_expiry(lifetime[0]),
+                pending=True,
+            )
+        except ValueError:
+            abort(409, description="This key was revoked meanwhile: nothing changed.")
+        except KeyNotFound:
+            abort(404)
+        old_until = None
+        if overlap[0]:
+            old_until = _utcnow() + overlap[0]
+            if record.expires_at is not None:
+                old_until = min(old_until, record.expires_at)
+        return self._show_then_activate(
+            keys,
+            project_id,
+            issued,
+            pending=True,
+            rolled_from=record,
+            old_until=old_until,
+        )
+
+    def _rollable(self, project_id: str, key_id: str) -> ApiKey:
+        """The record to roll; a ``404`` on a store that cannot roll."""
+        record = self._record(project_id, key_id)
+        if not self._rolling(self._manager()):
+            abort(404)
+        return record
+
+    def _roll_form(
+        self,
+        record: ApiKey,
+        *,
+        overlap: str,
+        expires: str,
+        errors: dict[str, str] | None = None,
+    ) -> str:
+        return render_template(
+            "vemetric_auth/roll.html",
+            row=_row(
+                record, url_for(".list_keys", project_id=record.project_id), _utcnow()
+            ),
+            overlap=overlap,
+            overlaps=[(value, label) for value, label, _ in _OVERLAPS],
+            expires=expires,
+            expiries=[(value, label) for value, label, _ in _EXPIRIES],
+            errors=errors or {},
+        )
+
     def _record(self, project_id: str, key_id: str) -> ApiKey:
         """The record *key_id* of *project_id*; a ``404`` for any other."""
         try:
@@ -388,10 +569,14 @@ class _KeyPages:
 
 
 class _Time(NamedTuple):
-    """A moment as the pages show it."""
+    """A moment as the pages show it; in a template, its ``<time>`` element."""
 
     iso: str  #: ISO 8601, for ``<time datetime>``
-    label: str  #: what a reader sees, to the minute, in UTC
+    label: str  #: what a reader sees, to the minute (UTC, said around it)
+
+    def __html__(self) -> str:
+        # Digits and punctuation only: nothing to escape.
+        return f'<time datetime="{self.iso}">{self.label}</time>'
 
 
 class _Row(NamedTuple):
@@ -406,34 +591,76 @@ class _Row(NamedTuple):
     prefix: str
     created: _Time
     created_by: str | None
+    last_used: _Time | None
+    expires: _Time | None
     revoked: bool
     revoked_at: _Time | None
     revoked_by: str | None
-    status: str
+    status: str  #: active, expired or revoked
     revoke_url: str
+    roll_url: str
 
 
-def _row(record: ApiKey, keys_url: str) -> _Row:
-    key_url = f"{keys_url}/{quote(record.id, safe='')}"
+def _row(record: ApiKey, keys_url: str, now: datetime) -> _Row:
+    # Formatted for a thousand rows per page: no strftime, no needless quote.
+    key_id = record.id
+    if not (key_id.isascii() and key_id.isalnum()):
+        key_id = quote(key_id, safe="")
+    key_url = f"{keys_url}/{key_id}"
+    expires_at = record.expires_at
+    revoked_at = record.revoked_at
+    if revoked_at is not None:
+        status = "revoked"
+    elif expires_at is not None and now >= expires_at:
+        status = "expired"
+    else:
+        status = "active"
     return _Row(
-        id=record.id,
-        name=record.name,
-        prefix=record.prefix,
-        created=_time(record.created_at),
-        created_by=record.created_by,
-        revoked=record.revoked,
-        revoked_at=None if record.revoked_at is None else _time(record.revoked_at),
-        revoked_by=record.revoked_by,
-        status="revoked" if record.revoked else "active",
-        revoke_url=key_url + "/revoke",
+        record.id,
+        record.name,
+        record.prefix,
+        _time(record.created_at),
+        record.created_by,
+        None if record.last_used_at is None else _time(record.last_used_at),
+        None if expires_at is None else _time(expires_at),
+        revoked_at is not None,
+        None if revoked_at is None else _time(revoked_at),
+        record.revoked_by,
+        status,
+        key_url + "/revoke",
+        key_url + "/roll",
     )
 
 
 def _time(moment: datetime) -> _Time:
-    moment = moment.astimezone(timezone.utc)
-    return _Time(
-        moment.isoformat(timespec="seconds"), moment.strftime("%Y-%m-%d %H:%M UTC")
-    )
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    iso = moment.isoformat(timespec="seconds")
+    return _Time(iso, f"{iso[:10]} {iso[11:16]}")
+
+
+def _maybe_time(moment: datetime | None) -> _Time | None:
+    return None if moment is None else _time(moment)
+
+
+# -- form choices -------------------------------------------------------------------
+
+
+def _choice(choices: tuple[tuple[str, str, _T], ...], value: str) -> tuple[_T] | None:
+    """The meaning of the form value *value* among *choices*, in a 1-tuple;
+    ``None`` if it is none of them."""
+    for known, _, meaning in choices:
+        if known == value:
+            return (meaning,)
+    return None
+
+
+def _expiry(lifetime: timedelta | None) -> datetime | None:
+    return None if lifetime is None else _utcnow() + lifetime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _sentence(error: Exception) -> str:
