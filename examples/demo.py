@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         sys.exit(f"Cannot serve on 127.0.0.1:{port}: {reason}. No key was made.")
-    password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(12)
+    password = os.environ.get("DEMO_PASSWORD") or secrets.token_hex(8)
     app = create_app({"DEMO_PASSWORD": password})
     server = serve(app, listener)
     demo = setup(app)

@@ -340,6 +340,17 @@ class Browser:
             "the page to load",
         )
 
+    def select(self, css: str, value: str) -> None:
+        """Choose the option *value* of the ``<select>`` *css*."""
+        from selenium.webdriver.support.select import Select
+
+        Select(self.find(css)).select_by_value(value)
+
+    def click_label(self, field_id: str) -> None:
+        """Click the label of the field *field_id*, as a person does."""
+        self.find(f"label[for='{field_id}']").click()
+        assert self.find(f"#{field_id}").is_selected()
+
     def focused(self) -> Any:
         return self.driver.switch_to.active_element
 
@@ -415,10 +426,11 @@ def test_the_whole_flow_in_a_browser(
     assert "No API keys yet" in browser.text
     browser.screenshot("02-list-empty")
 
-    # Create a key and read it from the page.
+    # Create a key, expiring in 90 days, and read it from the page.
     browser.click(browser.link("Create API key"))
     assert browser.path == KEYS_PATH + "/new"
     browser.find("#key-name").send_keys("CI deploys")
+    browser.select("#key-expires", "90d")
     browser.screenshot("03-create")
     browser.click(browser.find("button[type=submit]"))
     assert "API key created" in browser.text
@@ -443,31 +455,56 @@ def test_the_whole_flow_in_a_browser(
     row = row_of(browser, prefix_of(key))
     assert "CI deploys" in row.text
     assert "demo" in row.text
+    assert "active" in row.text
     assert key not in browser.driver.page_source
     browser.screenshot("05-list")
 
-    # Revoke it, after confirming.
+    # Roll it: the old key works for an hour more, the new one at once.
+    browser.click(row.find_element("css selector", "a[href$='/roll']"))
+    assert browser.path.endswith("/roll")
+    assert "Roll API key “CI deploys”" in browser.text
+    browser.click_label("overlap-1h")
+    browser.screenshot("06-roll")
+    browser.click(browser.find("form button[type=submit]"))
+    assert "API key rolled" in browser.text
+    new_key = browser.find("#new-key").get_attribute("value")
+    assert re.fullmatch(r"vem_[a-z0-9]{32}", new_key)
+    assert new_key != key
+    assert f"It replaces {prefix_of(key)}, which keeps working until" in browser.text
+    browser.screenshot("07-rolled")
+    assert server.call_api(new_key)[0] == 200
+    assert server.call_api(key)[0] == 200
+
+    browser.click(browser.link("back to API keys"))
+    assert "CI deploys" in row_of(browser, prefix_of(new_key)).text
+    browser.screenshot("08-list-rolled")
+
+    # Revoke the old key, after confirming.
+    row = row_of(browser, prefix_of(key))
     browser.click(row.find_element("css selector", "a.danger"))
     assert browser.path.endswith("/revoke")
     assert "Revoke API key “CI deploys”?" in browser.text
     assert prefix_of(key) in browser.text
-    browser.screenshot("06-revoke")
+    browser.screenshot("09-revoke")
     assert server.call_api(key)[0] == 200  # asking changed nothing
     browser.click(browser.find("form button[type=submit]"))
     assert browser.path == KEYS_PATH
     assert f"Revoked “CI deploys” ({prefix_of(key)})" in browser.text
-    browser.screenshot("07-revoked")
+    browser.screenshot("10-revoked")
     status, body = server.call_api(key)
     assert (status, body["error"]["message"]) == (401, INVALID)
+    assert server.call_api(new_key)[0] == 200
 
     browser.click(browser.link("Show revoked keys"))
     assert "revoked" in row_of(browser, prefix_of(key)).text
-    browser.screenshot("08-list-revoked")
+    browser.screenshot("11-list-revoked")
 
-    # The key never reached the server's log (the URLs it wrote).
-    assert "POST /settings/projects/proj_demo/keys" in server.log()
-    assert key not in server.log()
-    assert key[12:] not in server.log()
+    # Neither key reached the server's log (the URLs it wrote).
+    log = server.log()
+    assert "POST /settings/projects/proj_demo/keys" in log
+    for plaintext in (key, new_key):
+        assert plaintext not in log
+        assert plaintext[12:] not in log
 
 
 def test_keyboard_only_on_a_375_px_screen(
@@ -499,10 +536,16 @@ def test_keyboard_only_on_a_375_px_screen(
     assert not browser.overflows()
     browser.screenshot("phone-03-list")
 
+    browser.enter(browser.tab_to(lambda element: element.text.startswith("Roll")))
+    browser.wait_for(lambda: browser.path.endswith("/roll"), "the roll form")
+    assert not browser.overflows()
+    browser.screenshot("phone-04-roll")
+    browser.get(server.url + KEYS_PATH)
+
     browser.enter(browser.tab_to(lambda element: element.text.startswith("Revoke")))
     browser.wait_for(lambda: browser.path.endswith("/revoke"), "the confirmation")
     assert not browser.overflows()
-    browser.screenshot("phone-04-revoke")
+    browser.screenshot("phone-05-revoke")
     browser.enter(browser.tab_to(lambda element: element.tag_name == "button"))
     browser.wait_for(lambda: browser.path == KEYS_PATH, "the list")
     assert "Revoked “phone”" in browser.text
