@@ -212,9 +212,14 @@ def health() -> dict[str, str]:
 
 _LOGIN_PAGE = """<!doctype html>
 <html lang="en">
-<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Log in</title></head>
-<body>
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>Log in</title>
+  {#- The key pages' stylesheet, borrowed: this app has none of its own. #}
+  <link rel="stylesheet" href="{{ url_for('vemetric_auth_pages.static', filename='vemetric_auth/pages.css') }}">
+</head>
+<body class="vemetric-auth">
 <main>
 {% if user %}
   <h1>Signed in as {{ user }}</h1>
@@ -223,17 +228,23 @@ _LOGIN_PAGE = """<!doctype html>
     <li><a href="{{ url_for('vemetric_auth_pages.list_keys', project_id=project) }}">API keys of {{ project }}</a></li>
   {% endfor %}
   </ul>
-  <form method="post" action="{{ url_for('login.log_out') }}"><button type="submit">Log out</button></form>
+  <form method="post" action="{{ url_for('login.log_out') }}">
+    <button class="button" type="submit">Log out</button>
+  </form>
 {% else %}
   <h1>Log in</h1>
-  {% if error %}<p role="alert">{{ error }}</p>{% endif %}
-  <form method="post">
+  <form class="card" method="post">
+    {% if error %}<p class="error" role="alert">{{ error }}</p>{% endif %}
     <input type="hidden" name="next" value="{{ next }}">
-    <p><label for="username">User name</label><br>
-       <input id="username" name="username" autocomplete="username" required autofocus></p>
-    <p><label for="password">Password</label><br>
-       <input id="password" name="password" type="password" autocomplete="current-password" required></p>
-    <p><button type="submit">Log in</button></p>
+    <div class="field">
+      <label for="username">User name</label>
+      <input type="text" id="username" name="username" autocomplete="username" required autofocus>
+    </div>
+    <div class="field">
+      <label for="password">Password</label>
+      <input type="password" id="password" name="password" autocomplete="current-password" required>
+    </div>
+    <div class="actions"><button class="button primary" type="submit">Log in</button></div>
   </form>
 {% endif %}
 </main>
