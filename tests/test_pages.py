@@ -1271,3 +1271,23 @@ def test_the_example_login_is_off_without_a_password(tmp_path: Path) -> None:
     finally:
         flask_app.auth.keys_for(app).store.close()  # type: ignore[attr-defined]
         app.extensions["flask_app.projects"].engine.dispose()
+
+
+def test_every_template_and_static_file_is_package_data() -> None:
+    import configparser
+    import fnmatch
+
+    root = Path(__file__).resolve().parent.parent
+    config = configparser.ConfigParser()
+    config.read(root / "setup.cfg")
+    patterns = config["options.package_data"]["vemetric_auth"].split()
+    package = root / "vemetric_auth"
+    shipped = [
+        path.relative_to(package).as_posix()
+        for folder in ("templates", "static")
+        for path in (package / folder).rglob("*")
+        if path.is_file()
+    ]
+    assert len(shipped) >= 9
+    for name in shipped:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

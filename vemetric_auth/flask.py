@@ -435,4 +435,4 @@ for _command in COMMANDS:
     _flask_commands.add_command(_command)
 
 
-from .pages import key_pages as key_pages  # noqa: E402  (it needs VemetricAuth)
+from .pages import key_pages as key_pages  # noqa: E402  (exported beside VemetricAuth)
