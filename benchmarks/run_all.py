@@ -20,6 +20,7 @@ BENCHMARKS = [
     ("bench_sql_store.py", []),
     ("bench_flood.py", []),
     ("soak_headers.py", []),
+    ("bench_ratelimit.py", []),
     ("bench_load.py", []),
 ]
 

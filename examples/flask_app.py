@@ -24,6 +24,16 @@ under ``/settings``, behind a minimal login of this app's own (one user,
 ``demo``, whose password is ``DEMO_PASSWORD``; a real app uses its own
 login). With ``export DEMO_PASSWORD=... SECRET_KEY=...`` before ``flask run``,
 open http://127.0.0.1:5000/settings/projects/proj_demo/keys and log in.
+
+Each project may make 100 requests a minute, shared by all of its keys, as on
+Vemetric's own API: every answer to a key carries ``X-RateLimit-Limit``,
+``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``, and the 101st request of
+a minute gets ``429`` with ``Retry-After``. The counts live in this process
+(``memory://``); with several processes (gunicorn workers) or machines, share
+them in Redis (``pip install 'vemetric-auth[redis]'``)::
+
+    export VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI=redis://localhost:6379
+    export VEMETRIC_AUTH_RATE_LIMIT="1000/hour"   # another limit; "" for none
 """
 
 from __future__ import annotations
@@ -64,6 +74,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vemetric_auth import StoreUnavailable
 from vemetric_auth.flask import VemetricAuth, key_pages
+
+#: Requests a minute each project may make, all its keys together: Vemetric's.
+RATE_LIMIT = "100/minute"
 
 # The extension holds no app: one instance serves every app create_app makes.
 auth = VemetricAuth()
@@ -338,6 +351,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # SECRET_KEY, a new one per process: sessions end when it stops.
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or secrets.token_hex(32)
     app.config["DEMO_PASSWORD"] = os.environ.get("DEMO_PASSWORD", "")
+    # Vemetric's limit: 100 requests a minute per project. An empty
+    # VEMETRIC_AUTH_RATE_LIMIT turns it off.
+    app.config["VEMETRIC_AUTH_RATE_LIMIT"] = (
+        os.environ.get("VEMETRIC_AUTH_RATE_LIMIT", RATE_LIMIT) or None
+    )
+    app.config["VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI"] = os.environ.get(
+        "VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI", "memory://"
+    )
     if config is not None:
         app.config.update(config)
     auth.init_app(app)
