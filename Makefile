@@ -22,6 +22,7 @@ typecheck: $(VENV)/.test-installed
 unit: $(VENV)/.test-installed
 	scripts/ensure-postgres.sh
 	scripts/ensure-redis.sh
+	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed

@@ -17,6 +17,7 @@ BENCHMARKS = [
     ("bench_middleware.py", []),
     ("bench_flask.py", []),
     ("bench_asgi.py", []),
+    ("bench_pages.py", []),
     ("bench_sql_store.py", []),
     ("bench_flood.py", []),
     ("soak_headers.py", []),

@@ -7,9 +7,11 @@ and a second key that it revokes at once; prints the key, its expiry and a
 ``curl`` line for the success case and for each of the four ``401`` errors, a
 ``curl`` loop that runs the project past its rate limit (100 requests a
 minute, Vemetric's), showing ``X-RateLimit-Remaining`` count down and then the
-``429``, and how to see the key's last use and roll it over; then serves
-``examples/flask_app.py`` on ``127.0.0.1:5000`` with werkzeug until Ctrl+C
-(which writes the last use of the keys before the demo ends)::
+``429``, the address of the key management pages with the demo login (user
+``demo``, a new password each run unless ``DEMO_PASSWORD`` is set), and how to
+see the key's last use and roll it over; then serves ``examples/flask_app.py``
+on ``127.0.0.1:5000`` with werkzeug until Ctrl+C (which writes the last use of
+the keys before the demo ends)::
 
     pip install -e '.[flask,ratelimit]'   # from a clone (make demo does it)
     python examples/demo.py            # or: make demo
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shlex
 import socket
 import sys
@@ -42,7 +45,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flask_app import auth, create_app, projects
+from flask_app import DEMO_USER, auth, create_app, projects
 from limits import parse
 
 PROJECT_ID = "proj_demo"
@@ -130,6 +133,11 @@ def curl_lines(demo: Demo, base_url: str) -> list[str]:
     ]
 
 
+def key_pages_url(demo: Demo, base_url: str) -> str:
+    """Return the address of the demo project's key management pages."""
+    return f"{base_url}/settings/projects/{demo.project_id}/keys"
+
+
 def rate_limit_lines(demo: Demo, base_url: str, limit: int) -> list[str]:
     """Return a commented shell loop of *limit* + 1 requests with the demo key:
     one line per answer, its status and rate limit headers."""
@@ -185,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         sys.exit(f"Cannot serve on 127.0.0.1:{port}: {reason}. No key was made.")
-    app = create_app()
+    password = os.environ.get("DEMO_PASSWORD") or secrets.token_hex(8)
+    app = create_app({"DEMO_PASSWORD": password})
     server = serve(app, listener)
     demo = setup(app)
     base_url = f"http://127.0.0.1:{server.port}"
@@ -209,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for line in rate_limit_lines(demo, base_url, limit):
             print("  " + line)
         print()
+    print(f"Key pages: {key_pages_url(demo, base_url)}")
+    print(f"           log in as {DEMO_USER}, password {password}")
+    print()
     print(f"Manage keys: .venv/bin/vemetric-auth list --project {demo.project_id}")
     print()
     for line in lifecycle_lines(demo, base_url):

@@ -508,3 +508,6 @@ def _flask_commands(ctx: click.Context) -> None:
 
 for _command in COMMANDS:
     _flask_commands.add_command(_command)
+
+
+from .pages import key_pages as key_pages  # noqa: E402  (exported beside VemetricAuth)
