@@ -658,3 +658,58 @@ def test_the_gate_returns_the_key_and_project_and_fills_the_environ(
     with pytest.raises(InvalidApiKey):
         gate.authenticate(environ, {}.get)
     assert set(environ) == {"HTTP_AUTHORIZATION"}  # left as it was
+
+
+def test_a_preflight_answers_only_the_apps_cors_headers(flaky_keys: KeyManager) -> None:
+    """Validators, sizes and the app's own data headers would tell a client
+    without a key about a protected resource: only CORS headers go back."""
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response(
+            "200 OK",
+            [
+                ("Access-Control-Allow-Origin", "https://app.example"),
+                ("access-control-allow-methods", "GET"),
+                ("Vary", "Origin"),
+                ("Allow", "GET, OPTIONS"),
+                ("ETag", '"report-30-1700000000"'),
+                ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT"),
+                ("X-Total-Count", "48213"),
+                ("Link", '</v1/items?page=2>; rel="next"'),
+                ("Content-Type", "application/json"),
+                ("Set-Cookie", "session=abc"),
+            ],
+        )
+        return [SECRET_BODY]
+
+    client = Client(ApiKeyMiddleware(app, flaky_keys))
+    response = client.options("/v1/items", headers=PREFLIGHT_HEADERS)
+    assert response.status_code == 200
+    assert sorted(name.lower() for name, _ in response.headers.items()) == [
+        "access-control-allow-methods",
+        "access-control-allow-origin",
+        "allow",
+        "content-length",
+        "vary",
+    ]
+    assert response.headers["Content-Length"] == "0"
+    assert response.data == b""
+
+
+def test_a_preflight_steps_over_empty_chunks_before_the_answer_starts(
+    flaky_keys: KeyManager,
+) -> None:
+    """A generator that yields b"" before calling start_response (as PEP 3333
+    lets servers expect) still gets its status and headers answered."""
+
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        yield b""
+        yield b""
+        start_response("204 No Content", [("Access-Control-Allow-Origin", "*")])
+        yield SECRET_BODY
+
+    client = Client(ApiKeyMiddleware(app, flaky_keys))
+    response = client.options("/v1/items", headers=PREFLIGHT_HEADERS)
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.data == b""

@@ -77,6 +77,20 @@ EXEMPT: Final = "exempt"
 #: :meth:`RequestGate.passage` of a CORS preflight, when preflights may pass.
 PREFLIGHT: Final = "preflight"
 
+# What an application's answer to a preflight without a key may carry back:
+# its CORS headers and what caches need to keep them apart. Everything else
+# (validators, sizes, the application's own data headers) would tell an
+# unauthenticated client about a protected resource.
+_PREFLIGHT_HEADERS = frozenset({"allow", "vary", "date"})
+
+
+def preflight_header(name: str) -> bool:
+    """Whether the header *name* of an application's answer to a CORS
+    preflight may go back to a client that sent no key."""
+    lowered = name.lower()
+    return lowered.startswith("access-control-") or lowered in _PREFLIGHT_HEADERS
+
+
 # RFC 9110 whitespace (SP and HTAB) around and inside the credentials.
 _OWS = " \t"
 _OWS_RUN = re.compile(r"[ \t]*").match

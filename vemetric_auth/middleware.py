@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from ._http import (
     RATE_LIMIT_ENVIRON_KEY,
     RATE_LIMITED,
     RequestGate,
+    preflight_header,
     rate_limiter,
     with_rate_limit_headers,
 )
@@ -179,11 +181,12 @@ class ApiKeyMiddleware:
 def _headers_only(
     app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse
 ) -> Iterable[bytes]:
-    """Answer *app*'s status and headers to a request, never its body.
+    """Answer *app*'s status and CORS headers to a request, never its body.
 
-    The body is not read beyond the first step an application may need to
-    call ``start_response`` (a generator), and is closed. ``Content-Length``
-    becomes ``0`` (or goes, on a ``204``): nothing follows the headers.
+    The body is not read beyond the first steps an application may need to
+    call ``start_response`` (a generator), and is closed. Only the headers
+    :func:`~vemetric_auth._http.preflight_header` allows go back, and
+    ``Content-Length: 0`` (none on a ``204``): nothing follows the headers.
 
     :raises RuntimeError: *app* never called ``start_response``.
     """
@@ -204,8 +207,12 @@ def _headers_only(
     body = app(environ, capture)
     try:
         if not started:
-            for _ in body:
-                break
+            # A generator may yield empty chunks before it starts its answer
+            # (PEP 3333 servers wait for the first non-empty one); a few are
+            # stepped over, never the body itself.
+            for chunk in itertools.islice(body, _EMPTY_CHUNKS):
+                if started or chunk:
+                    break
     finally:
         close = getattr(body, "close", None)
         if close is not None:
@@ -213,15 +220,17 @@ def _headers_only(
     if not started:
         raise RuntimeError("the application did not call start_response")
     status, headers = started
-    headers = [
-        (name, value) for name, value in headers if name.lower() != "content-length"
-    ]
+    headers = [(name, value) for name, value in headers if preflight_header(name)]
     # RFC 9110 8.6: no Content-Length on a 1xx or 204 answer (nor on a 304,
     # where it would describe another response's body).
     if not status.startswith(("1", "204", "304")):
         headers.append(("Content-Length", "0"))
     start_response(status, headers)
     return []
+
+
+# Empty chunks stepped over before an application's answer has started.
+_EMPTY_CHUNKS = 8
 
 
 def _discard(data: bytes) -> None:
