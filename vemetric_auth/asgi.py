@@ -280,7 +280,12 @@ class ApiKeyMiddleware:
                 await gate.answer(error).asgi(scope, receive, send)
                 return
             if gate.limiter is not None:
-                decision = await gate.rate_limit(scope, scope[API_KEY_SCOPE_KEY])
+                record = scope[API_KEY_SCOPE_KEY]
+                if gate.counts_on_loop:
+                    # No coroutine for a count of a microsecond in memory.
+                    decision = gate.gate.rate_limit(scope, record)
+                else:
+                    decision = await gate.rate_limit(scope, record)
                 if decision is not None:
                     if not decision.allowed:
                         await RATE_LIMITED.asgi(decision, scope, receive, send)
@@ -302,11 +307,11 @@ class ScopeGate:
     """
 
     __slots__ = (
-        "_count_on_loop",
         "_limit_threads",
         "_load_async",
         "_slots",
         "_threads",
+        "counts_on_loop",
         "gate",
         "keys",
         "limiter",
@@ -340,9 +345,10 @@ class ScopeGate:
         self.project_loader = project_loader
         #: The rate limiter of authenticated requests, or ``None``.
         self.limiter = limiter
-        # memory:// counts without I/O, in about a microsecond: less than a
-        # thread hop. Any other storage waits on the network.
-        self._count_on_loop = limiter is None or _counts_in_memory(limiter)
+        #: Whether the limiter counts on the event loop: ``memory://``, with
+        #: no I/O, in about a microsecond (less than a thread hop); any other
+        #: storage waits on the network, and counts on a worker thread.
+        self.counts_on_loop = limiter is None or _counts_in_memory(limiter)
         self._load_async = _is_async_callable(project_loader)
         # Made outside any event loop (anyio 4.2 or later binds them on first
         # use), so a middleware can be built at import time.
@@ -429,7 +435,7 @@ class ScopeGate:
             also put in the scope entry ``vemetric_auth.rate_limit`` (see
             :meth:`RequestGate.rate_limit`).
         """
-        if self._count_on_loop:
+        if self.counts_on_loop:
             return self.gate.rate_limit(scope, record)
         limiter: RateLimiter = self.limiter  # type: ignore[assignment]
         decision: RateDecision | None = await anyio.to_thread.run_sync(
