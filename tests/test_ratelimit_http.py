@@ -1128,9 +1128,10 @@ def test_a_frozen_redis_never_blocks_the_event_loop(
 
     limited, statuses, others_done, stuck_done, longest_stall = asyncio.run(go())
     assert statuses == [200] * 50
-    assert others_done < 0.5
-    assert stuck_done >= 0.9
-    assert longest_stall < 0.25
+    # A loop that waited on Redis would stall for the whole second: the
+    # bounds leave room for a busy machine, and none for that.
+    assert others_done < 0.9 <= stuck_done
+    assert longest_stall < 0.5
     # Counted in this process's memory once Redis timed out: never an error.
     assert limited.status_code == 200
     assert limited.headers["x-ratelimit-limit"] == "100"
