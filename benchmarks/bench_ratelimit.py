@@ -9,6 +9,13 @@ Run: ``.venv/bin/python benchmarks/bench_ratelimit.py [--quick]``
 - The WSGI middleware over a bare app, on a cached key: with a
   ``memory://`` limit against without (target: the limit adds at most 3 µs),
   and with a ``redis://`` limit.
+- The ASGI middleware over a bare ASGI app, on a cached key: with a
+  ``memory://`` limit (counted on the event loop) against without, driven
+  directly as ``bench_asgi.py`` drives it (a coroutine that never suspends,
+  stepped once, no event loop); with a ``redis://`` limit (counted on a
+  worker thread) against without, one request after another on an asyncio
+  loop; and the longest stall of that loop while a count waits on a frozen
+  Redis (SIGSTOP) and 200 cached-key requests go on.
 - ``redis://`` on loopback: Redis round trips per request, counted by the
   server (``MONITOR``), and microseconds per request, for the fixed window,
   the naive ``limits`` calls, the other strategies and the middleware.
@@ -32,6 +39,7 @@ request pays.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import statistics
 import sys
@@ -52,6 +60,7 @@ from limits.strategies import FixedWindowRateLimiter
 from werkzeug.test import EnvironBuilder
 
 from vemetric_auth import ApiKey, ApiKeyMiddleware, InMemoryKeyStore, KeyManager
+from vemetric_auth.asgi import ApiKeyMiddleware as AsgiApiKeyMiddleware
 from vemetric_auth.flask import VemetricAuth
 from vemetric_auth.ratelimit import RateLimiter
 
@@ -228,6 +237,183 @@ def bench_middleware(number: int, repeat: int) -> None:
         print(f"  {name:<26} {us:7.3f} us/request (median)")
     added = result["middleware, memory limit"] - result["middleware, no limit"]
     print(f"  the memory limit adds      {added:7.3f} us/request (target <= 3 us)")
+
+
+# -- the ASGI middleware ------------------------------------------------------------------
+
+_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain")],
+}
+_BODY = {"type": "http.response.body", "body": b"ok"}
+
+
+async def bare_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send(_START)
+    await send(_BODY)
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b""}
+
+
+async def _send(message: Any) -> None:
+    pass
+
+
+def step(coroutine: Any) -> None:
+    """Run a coroutine that never suspends to its end, without a loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the call suspended: not the event loop's own path")
+
+
+def asgi_scope() -> dict[str, Any]:
+    """A scope as uvicorn makes it, the benchmarks' cached key in it."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "scheme": "http",
+        "method": "GET",
+        "root_path": "",
+        "path": "/v1/project",
+        "raw_path": b"/v1/project",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"user-agent", b"curl/8.5.0"),
+            (b"accept", b"*/*"),
+            (b"authorization", f"Bearer {KEY_HOLDER['key']}".encode()),
+        ],
+        "state": {},
+    }
+
+
+def bench_asgi(number: int, repeat: int) -> None:
+    print("\n== the ASGI middleware over a bare ASGI app, one cached key ==")
+    keys = cached_keys()
+    base = asgi_scope()
+    plain = AsgiApiKeyMiddleware(bare_asgi_app, keys)
+    limited = AsgiApiKeyMiddleware(bare_asgi_app, keys, rate_limit=LIMIT)
+    started: list[Any] = []
+
+    async def keep(message: Any) -> None:
+        started.append(message)
+
+    step(limited(dict(base), _receive, keep))
+    assert [name for name, _ in started[0]["headers"]][-3:] == [
+        b"x-ratelimit-limit",
+        b"x-ratelimit-remaining",
+        b"x-ratelimit-reset",
+    ]
+    result = interleaved_us(
+        {
+            "bare app": lambda: step(bare_asgi_app(dict(base), _receive, _send)),
+            "middleware, no limit": lambda: step(plain(dict(base), _receive, _send)),
+            "middleware, memory limit": lambda: step(
+                limited(dict(base), _receive, _send)
+            ),
+        },
+        number=number,
+        repeat=repeat,
+    )
+    for name, us in result.items():
+        print(f"  {name:<26} {us:7.3f} us/request (median)")
+    added = result["middleware, memory limit"] - result["middleware, no limit"]
+    print(f"  the memory limit adds      {added:7.3f} us/request (target <= 3 us)")
+
+
+def bench_asgi_redis(server: RedisServer, number: int, repeat: int) -> None:
+    """The ASGI middleware with a Redis limit: each count on a worker thread."""
+    print("\n== the ASGI middleware, redis:// on loopback, one cached key ==")
+    keys = cached_keys()
+    base = asgi_scope()
+    plain = AsgiApiKeyMiddleware(bare_asgi_app, keys)
+    limited = AsgiApiKeyMiddleware(
+        bare_asgi_app, keys, rate_limit=LIMIT, rate_limit_storage=server.url
+    )
+
+    async def batch(app: Any) -> float:
+        started = time.perf_counter()
+        for _ in range(number):
+            await app(dict(base), _receive, _send)
+        return (time.perf_counter() - started) / number * 1e6
+
+    async def rounds() -> dict[str, list[float]]:
+        await batch(limited)  # the connection, the script loaded
+        samples: dict[str, list[float]] = {"no limit": [], "redis limit": []}
+        for _ in range(repeat):
+            samples["no limit"].append(await batch(plain))
+            samples["redis limit"].append(await batch(limited))
+        return samples
+
+    samples = asyncio.run(rounds())
+    result = {name: statistics.median(values) for name, values in samples.items()}
+    for name, us in result.items():
+        print(f"  middleware, {name:<14} {us:7.1f} us/request (median, on a loop)")
+    added = result["redis limit"] - result["no limit"]
+    print(
+        f"  the redis limit adds       {added:7.1f} us/request (thread hop + round trip)"
+    )
+    print(f"  frozen redis: {frozen_redis_stall(server, keys, base)}")
+
+
+def frozen_redis_stall(server: RedisServer, keys: KeyManager, base: Any) -> str:
+    """The event loop's longest stall while one count waits a second on a
+    frozen Redis and 200 cached-key requests (their counts in memory, a
+    limiter of their own) are answered."""
+    on_redis = AsgiApiKeyMiddleware(
+        bare_asgi_app,
+        keys,
+        rate_limit=LIMIT,
+        rate_limit_storage=server.url,
+        rate_limit_storage_options={"socket_timeout": 1.0},
+    )
+    in_memory = AsgiApiKeyMiddleware(bare_asgi_app, keys, rate_limit=LIMIT)
+
+    async def run() -> tuple[float, float, float]:
+        await on_redis(dict(base), _receive, _send)  # connected
+        server.freeze()
+        try:
+            gaps: list[float] = []
+            done = False
+
+            async def tick() -> None:
+                last = time.perf_counter()
+                while not done:
+                    await asyncio.sleep(0.001)
+                    now = time.perf_counter()
+                    gaps.append(now - last)
+                    last = now
+
+            ticker = asyncio.ensure_future(tick())
+            started = time.perf_counter()
+            stuck = asyncio.ensure_future(on_redis(dict(base), _receive, _send))
+            await asyncio.sleep(0.01)
+            for _ in range(200):
+                await in_memory(dict(base), _receive, _send)
+                await asyncio.sleep(0)
+            others = time.perf_counter() - started
+            await stuck
+            waited = time.perf_counter() - started
+            done = True
+            await ticker
+        finally:
+            server.thaw()
+        return max(gaps), others, waited
+
+    stall, others, waited = asyncio.run(run())
+    return (
+        f"the count waited {waited * 1000:.0f} ms; 200 other requests done in "
+        f"{others * 1000:.0f} ms; the loop's longest stall {stall * 1000:.1f} ms"
+    )
 
 
 # -- Flask: VemetricAuth's limit against Flask-Limiter ------------------------------------
@@ -448,12 +634,14 @@ def main() -> int:
     )
     bench_memory(number, repeat)
     bench_middleware(number, repeat)
+    bench_asgi(number, repeat)
     if find_redis_bin() is None:
         print("\nredis: skipped, no redis-server (scripts/ensure-redis.sh installs it)")
         bench_flask({"memory://": "memory://"}, flask_number, repeat)
         return 0
     with RedisServer() as server:
         bench_redis(server, redis_number, repeat)
+        bench_asgi_redis(server, redis_number, repeat)
         bench_flask(
             {"memory://": "memory://", "redis:// on loopback": server.url},
             flask_number,

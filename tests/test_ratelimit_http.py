@@ -1,13 +1,17 @@
-"""Rate limits over HTTP (SPEC section 8): ApiKeyMiddleware and the Flask extension.
+"""Rate limits over HTTP (SPEC section 8): the WSGI middleware, the Flask
+extension, the ASGI middleware and the FastAPI dependencies.
 
-Each contract test runs against both integrations, through werkzeug's test
-client, on ``memory://`` with the limiter's clock set by hand; the Redis
-tests (two processes sharing counts, Redis killed and restarted under
-traffic) run against the session's real ``redis-server``.
+Each contract test runs against the four integrations (WSGI and Flask
+through werkzeug's test client, ASGI and FastAPI through httpx's ASGI
+transport), on ``memory://`` with the limiter's clock set by hand; the Redis
+tests (processes and integrations sharing counts, Redis killed, frozen and
+restarted under traffic) run against the session's real ``redis-server``,
+and the ASGI middleware and FastAPI run under uvicorn too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -15,12 +19,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 import pytest
+from conftest import CountingHasher
+from fastapi import APIRouter, Depends, FastAPI, WebSocket
+from fastapi import Request as FastAPIRequest
+from fastapi import Response as FastAPIResponse
+from fastapi.responses import PlainTextResponse
 from flask import Flask, abort, g, request
 from servers.redis import RedisServer
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from uvicorn_server import uvicorn_serving
+from werkzeug.datastructures import Headers
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.test import Client, TestResponse
 
 from vemetric_auth import (
@@ -28,6 +45,15 @@ from vemetric_auth import (
     ApiKeyMiddleware,
     KeyManager,
     SQLKeyStore,
+)
+from vemetric_auth._http import RATE_LIMITED
+from vemetric_auth.asgi import ApiKeyMiddleware as AsgiApiKeyMiddleware
+from vemetric_auth.fastapi import (
+    ApiKeyBearer,
+    ProjectBearer,
+    RateLimitExceeded,
+    RequestRefused,
+    add_exception_handlers,
 )
 from vemetric_auth.flask import VemetricAuth
 from vemetric_auth.ratelimit import RateDecision, RateLimiter
@@ -68,11 +94,56 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def rate_headers(response: TestResponse) -> list[tuple[str, str]]:
+def rate_headers(response: TestResponse | Reply) -> list[tuple[str, str]]:
     return [(k, v) for k, v in response.headers if k.startswith("X-RateLimit-")]
 
 
-# -- the two integrations, behind one interface -------------------------------------
+# -- the four integrations, behind one interface ------------------------------------
+
+
+@dataclass
+class Reply:
+    """An ASGI answer, read as the tests read a werkzeug ``TestResponse``."""
+
+    status_code: int
+    status: str
+    headers: Headers
+    data: bytes
+
+
+# ASGI sends header names in lowercase (its specification requires it), and
+# HTTP compares them without case: the three of SPEC section 8 are spelled
+# here as the SPEC spells them, so that one table reads every integration.
+_SPEC_NAMES = {name.lower(): name for name in RATE_HEADERS}
+
+
+class AsgiClient:
+    """``open()`` as werkzeug's test client has it, through httpx's ASGI
+    transport: one event loop per request, as a test client makes."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def open(self, path: str, *, method: str, headers: dict[str, str]) -> Reply:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://testserver"
+            ) as client:
+                return await client.request(method, path, headers=headers)
+
+        response = asyncio.run(go())
+        return Reply(
+            response.status_code,
+            f"{response.status_code} {HTTP_STATUS_CODES[response.status_code]}",
+            Headers(
+                [
+                    (_SPEC_NAMES.get(name, name), value)
+                    for name, value in response.headers.multi_items()
+                ]
+            ),
+            response.content,
+        )
 
 
 class Api:
@@ -80,11 +151,16 @@ class Api:
     its application (or view) got."""
 
     def __init__(
-        self, client: Client, limiter: RateLimiter | None, calls: list[str]
+        self,
+        client: Client | AsgiClient,
+        limiter: RateLimiter | None,
+        calls: list[str],
+        kind: str = "",
     ) -> None:
         self.client = client
         self.limiter = limiter
         self.calls = calls
+        self.kind = kind
 
     def get(
         self,
@@ -93,7 +169,7 @@ class Api:
         *,
         method: str = "GET",
         headers: dict[str, str] | None = None,
-    ) -> TestResponse:
+    ) -> Any:
         sent = dict(headers or {})
         if key is not None:
             sent.update(bearer(key))
@@ -166,7 +242,7 @@ def make_wsgi(
     limiter = middleware.gate.limiter
     if limiter is not None:
         limiter._clock = clock if clock is not None else Clock()
-    return Api(Client(middleware), limiter, calls)
+    return Api(Client(middleware), limiter, calls, "wsgi")
 
 
 CONFIG_KEYS = {
@@ -240,10 +316,148 @@ def make_flask(
     limiter = app.extensions["vemetric_auth"].gate.limiter
     if limiter is not None:
         limiter._clock = clock if clock is not None else Clock()
-    return Api(app.test_client(), limiter, calls)
+    return Api(app.test_client(), limiter, calls, "flask")
 
 
-@pytest.fixture(params=[make_wsgi, make_flask], ids=["wsgi", "flask"])
+def asgi_app(calls: list[str]) -> Callable[..., Any]:
+    """The ASGI twin of :func:`wsgi_app`, the same answers as messages."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        calls.append(path)
+        status, headers, body = 200, [(b"content-type", b"text/plain")], b"hello"
+        if path == "/v1/created":
+            status, body = 201, b'{"created": true}'
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"set-cookie", b"a=1"),
+                (b"set-cookie", b"b=2"),
+                (b"x-app", b"yes"),
+            ]
+        elif path == "/v1/broken":
+            status, body = 500, b"broken"
+        elif path not in ("/v1/project", "/health"):
+            status, body = 404, b"not found"
+        await send(
+            {"type": "http.response.start", "status": status, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def make_asgi(
+    keys: KeyManager,
+    rate_limit: Any = "3/minute",
+    *,
+    loader: Callable[[str], object] | None = None,
+    clock: Clock | None = None,
+    **settings: Any,
+) -> Api:
+    calls: list[str] = []
+    middleware = AsgiApiKeyMiddleware(
+        asgi_app(calls),
+        keys,
+        exempt_paths=["/health"],
+        project_loader=loader,
+        rate_limit=rate_limit,
+        **{f"rate_limit_{name}": value for name, value in settings.items()},
+    )
+    limiter = middleware.gate.limiter
+    if limiter is not None:
+        limiter._clock = clock if clock is not None else Clock()
+    return Api(AsgiClient(middleware), limiter, calls, "asgi")
+
+
+class JSONText(FastAPIResponse):
+    """A view's ``str``, sent as it is, as JSON."""
+
+    media_type = "application/json"
+
+
+def fastapi_app(
+    keys: KeyManager,
+    rate_limit: Any = "3/minute",
+    loader: Callable[[str], object] | None = None,
+    **settings: Any,
+) -> tuple[FastAPI, ApiKeyBearer, list[str]]:
+    """The FastAPI twin of :func:`wsgi_app`: the dependency on every route
+    of a router, ``/health`` outside it, and a CORS middleware that answers
+    preflights.
+
+    The views return values, not responses: FastAPI puts a dependency's
+    headers on the response it makes of a value (the ``Response``
+    parameter), never on a response a view makes itself.
+    """
+    calls: list[str] = []
+    auth = ApiKeyBearer(
+        keys,
+        project_loader=loader,
+        rate_limit=rate_limit,
+        **{f"rate_limit_{name}": value for name, value in settings.items()},
+    )
+    app = FastAPI(
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=["https://app.example"],
+                allow_methods=["GET"],
+            )
+        ]
+    )
+    add_exception_handlers(app)
+    router = APIRouter(dependencies=[Depends(auth)])
+
+    @router.api_route(
+        "/v1/project", methods=["GET", "HEAD"], response_class=PlainTextResponse
+    )
+    async def project(request: FastAPIRequest) -> str:
+        calls.append(request.url.path)
+        return "hello"
+
+    @router.get("/v1/created", status_code=201, response_class=JSONText)
+    async def created(request: FastAPIRequest, response: FastAPIResponse) -> str:
+        calls.append(request.url.path)
+        response.set_cookie("a", "1")
+        response.set_cookie("b", "2")
+        response.headers["X-App"] = "yes"
+        return '{"created": true}'
+
+    @router.get("/v1/broken", response_class=PlainTextResponse)
+    async def broken(request: FastAPIRequest, response: FastAPIResponse) -> str:
+        calls.append(request.url.path)
+        response.status_code = 500
+        return "broken"
+
+    @app.get("/health", response_class=PlainTextResponse)
+    async def health(request: FastAPIRequest) -> str:
+        calls.append(request.url.path)
+        return "ok"
+
+    app.include_router(router)
+    return app, auth, calls
+
+
+def make_fastapi(
+    keys: KeyManager,
+    rate_limit: Any = "3/minute",
+    *,
+    loader: Callable[[str], object] | None = None,
+    clock: Clock | None = None,
+    **settings: Any,
+) -> Api:
+    app, auth, calls = fastapi_app(keys, rate_limit, loader, **settings)
+    limiter = auth.gate.limiter
+    if limiter is not None:
+        limiter._clock = clock if clock is not None else Clock()
+    return Api(AsgiClient(app), limiter, calls, "fastapi")
+
+
+MAKERS = [make_wsgi, make_flask, make_asgi, make_fastapi]
+KINDS = ["wsgi", "flask", "asgi", "fastapi"]
+
+
+@pytest.fixture(params=MAKERS, ids=KINDS)
 def make_api(request: pytest.FixtureRequest) -> MakeApi:
     maker: MakeApi = request.param
     return maker
@@ -318,18 +532,22 @@ def test_head_over_the_limit_has_no_body(
 def test_the_apps_answer_is_untouched_but_for_the_three_headers(
     make_api: MakeApi, keys: KeyManager, key: str
 ) -> None:
-    limited = make_api(keys, "10/minute").get(key, "/v1/created")
+    api = make_api(keys, "10/minute")
+    limited = api.get(key, "/v1/created")
     unlimited = make_api(keys, None).get(key, "/v1/created")
     assert limited.status == unlimited.status
     assert limited.status_code == 201
     assert limited.data == unlimited.data == b'{"created": true}'
-    # The app's headers as they were, in their order, then the three.
-    assert list(limited.headers) == [
-        *unlimited.headers,
-        (LIMIT, "10"),
-        (REMAINING, "9"),
-        (RESET, str(int(T0) + 60)),
-    ]
+    three = [(LIMIT, "10"), (REMAINING, "9"), (RESET, str(int(T0) + 60))]
+    if api.kind == "fastapi":
+        # FastAPI puts the headers of the dependencies (ours, then the
+        # view's own Response parameter's) after those of the response it
+        # makes: the three come before the view's cookies.
+        assert rate_headers(limited) == three
+        assert [h for h in limited.headers if h not in three] == list(unlimited.headers)
+    else:
+        # The app's headers as they were, in their order, then the three.
+        assert list(limited.headers) == [*unlimited.headers, *three]
     assert limited.headers.getlist("Set-Cookie") == unlimited.headers.getlist(
         "Set-Cookie"
     )
@@ -348,6 +566,12 @@ def test_the_apps_error_answers_carry_the_headers(
 ) -> None:
     api = make_api(keys, "5/minute")
     response = api.get(key, path)
+    if api.kind == "fastapi" and status is None:
+        # No route, no dependency: FastAPI's 404, neither checked nor counted.
+        assert response.status_code == 404
+        assert rate_headers(response) == []
+        assert api.get(key).headers[REMAINING] == "4"
+        return
     assert response.status_code == (status or response.status_code)
     assert response.status_code >= 400
     assert rate_headers(response) == [
@@ -556,6 +780,547 @@ def _auth_environ(key: str) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Bearer {key}"}
 
 
+def test_the_429_is_the_same_on_every_integration(keys: KeyManager, key: str) -> None:
+    """Status, body and headers (names compared without case, as HTTP
+    does): the WSGI middleware's answer, byte for byte."""
+    refused = {}
+    for kind, make in zip(KINDS, MAKERS, strict=True):
+        api = make(keys, "1/minute")
+        assert api.get(key).status_code == 200
+        refused[kind] = api.get(key)
+
+    def seen(response: Any) -> tuple[str, bytes, list[tuple[str, str]]]:
+        # But Vary, which the CORS middleware of the FastAPI app adds to
+        # every answer.
+        headers = sorted(
+            (name.lower(), value)
+            for name, value in response.headers
+            if name.lower() != "vary"
+        )
+        return response.status, response.data, headers
+
+    expected = seen(refused["wsgi"])
+    assert expected[0] == "429 Too Many Requests"
+    for kind, response in refused.items():
+        assert seen(response) == expected, kind
+
+
+# -- ASGI specifics --------------------------------------------------------------------
+
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+async def drive(
+    app: Any, scope: Scope, incoming: list[Message] | None = None
+) -> list[Message]:
+    """Call *app* once; return the messages it sent."""
+    sent: list[Message] = []
+    queue = list(incoming or [{"type": "http.request", "body": b""}])
+
+    async def receive() -> Message:
+        if queue:
+            return queue.pop(0)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(dict(message))
+
+    await app(scope, receive, send)
+    return sent
+
+
+def http_scope(key: str | None, path: str = "/v1/project", **more: Any) -> Scope:
+    headers = [] if key is None else [(b"authorization", f"Bearer {key}".encode())]
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
+    scope.update(more)
+    return scope
+
+
+def websocket_scope(key: str | None, *, denial: bool, path: str = "/ws") -> Scope:
+    scope = http_scope(key, path, type="websocket", scheme="ws", subprotocols=[])
+    del scope["method"]
+    if denial:
+        scope["extensions"] = {"websocket.http.response": {}}
+    return scope
+
+
+def asgi_bytes(decision: RateDecision) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode(), value.encode()) for name, value in decision.headers]
+
+
+def test_the_decision_is_in_the_scope(keys: KeyManager, key: str) -> None:
+    calls: list[str] = []
+    limited = AsgiApiKeyMiddleware(asgi_app(calls), keys, rate_limit="5/minute")
+    scope = http_scope(key)
+    messages = asyncio.run(drive(limited, scope))
+    decision = scope["vemetric_auth.rate_limit"]
+    assert isinstance(decision, RateDecision)
+    assert (decision.allowed, decision.limit, decision.remaining) == (True, 5, 4)
+    assert messages[0]["headers"][-3:] == asgi_bytes(decision)
+    unlimited = http_scope(key)
+    asyncio.run(drive(AsgiApiKeyMiddleware(asgi_app(calls), keys), unlimited))
+    assert "vemetric_auth.rate_limit" not in unlimited
+
+
+START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain")],
+}
+
+
+def test_an_asgi_apps_message_is_not_changed(keys: KeyManager, key: str) -> None:
+    """An app may send the same message every time: the headers go in a copy."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send(START)
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limited = AsgiApiKeyMiddleware(app, keys, rate_limit="5/minute")
+    for remaining in (b"4", b"3"):
+        start = asyncio.run(drive(limited, http_scope(key)))[0]
+        assert start["headers"][0] == (b"content-type", b"text/plain")
+        assert [value for name, value in start["headers"][1:]][1] == remaining
+        assert len(start["headers"]) == 4
+    assert START["headers"] == [(b"content-type", b"text/plain")]
+
+
+def test_the_body_goes_through_at_once_never_buffered(
+    keys: KeyManager, key: str
+) -> None:
+    """Each message reaches the server when the app sends it: the app sees
+    its first chunk sent before it sends the next one."""
+    sent: list[Message] = []
+    seen_by_app: list[int] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen_by_app.append(len(sent))
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        seen_by_app.append(len(sent))
+        await send({"type": "http.response.body", "body": b"two"})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    limited = AsgiApiKeyMiddleware(app, keys, rate_limit="5/minute")
+    asyncio.run(limited(http_scope(key), receive, send))
+    assert seen_by_app == [1, 2]
+    assert [m.get("body") for m in sent] == [None, b"one", b"two"]
+    assert sent[1]["more_body"] is True
+
+
+def test_lifespan_passes_through_and_is_never_counted(
+    keys: KeyManager, key: str
+) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    limited = AsgiApiKeyMiddleware(app, keys, rate_limit="1/minute")
+    for _ in range(3):
+        asyncio.run(
+            limited({"type": "lifespan", "asgi": {"version": "3.0"}}, None, None)
+        )  # type: ignore[arg-type]
+    assert seen == ["lifespan"] * 3
+    scope = http_scope(key)
+    asyncio.run(drive(limited, scope))
+    assert scope["vemetric_auth.rate_limit"].remaining == 0  # the first count
+
+
+async def websocket_app(scope: Scope, receive: Any, send: Any) -> None:
+    """Accepts with a header of its own, says hello and closes."""
+    await receive()
+    await send({"type": "websocket.accept", "headers": [(b"x-app", b"yes")]})
+    await send({"type": "websocket.send", "text": "hello"})
+    await send({"type": "websocket.close", "code": 1000})
+
+
+CONNECT = [{"type": "websocket.connect"}]
+
+
+def test_a_websocket_handshake_is_one_request_its_accept_carries_the_headers(
+    keys: KeyManager, key: str
+) -> None:
+    limited = AsgiApiKeyMiddleware(websocket_app, keys, rate_limit="2/minute")
+    limited.gate.limiter._clock = Clock()  # type: ignore[union-attr]
+    for remaining in (b"1", b"0"):
+        scope = websocket_scope(key, denial=True)
+        accept, hello, close = asyncio.run(drive(limited, scope, CONNECT))
+        assert accept == {
+            "type": "websocket.accept",
+            "headers": [
+                (b"x-app", b"yes"),
+                (b"x-ratelimit-limit", b"2"),
+                (b"x-ratelimit-remaining", remaining),
+                (b"x-ratelimit-reset", str(int(T0) + 60).encode()),
+            ],
+        }
+        assert (hello["text"], close["type"]) == ("hello", "websocket.close")
+
+
+def test_a_websocket_over_the_limit_is_denied_with_the_429_before_accept(
+    keys: KeyManager, key: str
+) -> None:
+    limited = AsgiApiKeyMiddleware(websocket_app, keys, rate_limit="1/minute")
+    limited.gate.limiter._clock = Clock()  # type: ignore[union-attr]
+    asyncio.run(drive(limited, websocket_scope(key, denial=True), CONNECT))
+    scope = websocket_scope(key, denial=True)
+    start, body = asyncio.run(drive(limited, scope, CONNECT))
+    decision = scope["vemetric_auth.rate_limit"]
+    assert start == {
+        "type": "websocket.http.response.start",
+        "status": 429,
+        "headers": RATE_LIMITED.asgi_headers_for(decision),
+    }
+    assert body == {"type": "websocket.http.response.body", "body": TOO_MANY_BYTES}
+    assert dict(start["headers"])[b"retry-after"] == b"45"
+    # Without the denial response: closed, "try again later".
+    closed = asyncio.run(drive(limited, websocket_scope(key, denial=False), CONNECT))
+    assert closed == [{"type": "websocket.close", "code": 1013}]
+
+
+def test_an_exempt_websocket_is_never_counted(keys: KeyManager, key: str) -> None:
+    limited = AsgiApiKeyMiddleware(
+        websocket_app, keys, rate_limit="1/minute", exempt_paths=["/ws"]
+    )
+    for _ in range(3):
+        accept = asyncio.run(
+            drive(limited, websocket_scope(None, denial=True), CONNECT)
+        )[0]
+        assert accept == {"type": "websocket.accept", "headers": [(b"x-app", b"yes")]}
+
+
+def count_threads(
+    limiter: RateLimiter, monkeypatch: pytest.MonkeyPatch
+) -> list[threading.Thread]:
+    """The threads each count is taken on."""
+    threads: list[threading.Thread] = []
+    hit = limiter.hit
+
+    def spy(record: ApiKey) -> RateDecision | None:
+        threads.append(threading.current_thread())
+        return hit(record)
+
+    monkeypatch.setattr(limiter, "hit", spy)
+    return threads
+
+
+def test_memory_counts_on_the_event_loop_with_no_thread_hop(
+    keys: KeyManager, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anyio.to_thread
+
+    keys.authenticate(key)  # cached: the key check takes no thread either
+    limited = AsgiApiKeyMiddleware(asgi_app([]), keys, rate_limit="5/minute")
+    assert limited.gate.limiter is not None
+    threads = count_threads(limited.gate.limiter, monkeypatch)
+
+    async def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a thread hop for a count in memory")
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", no_thread)
+    start = asyncio.run(drive(limited, http_scope(key)))[0]
+    assert start["status"] == 200
+    assert threads == [threading.main_thread()]
+
+
+@pytest.mark.redis
+def test_a_network_storage_counts_on_a_worker_thread(
+    redis_url: str, keys: KeyManager, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys.authenticate(key)
+    limited = AsgiApiKeyMiddleware(
+        asgi_app([]), keys, rate_limit="5/minute", rate_limit_storage=redis_url
+    )
+    assert limited.gate.limiter is not None
+    threads = count_threads(limited.gate.limiter, monkeypatch)
+    for _ in range(2):
+        start = asyncio.run(drive(limited, http_scope(key)))[0]
+        assert start["status"] == 200
+    assert len(threads) == 2
+    assert threading.main_thread() not in threads
+
+
+@pytest.mark.redis
+def test_a_frozen_redis_never_blocks_the_event_loop(
+    redis_server: RedisServer, redis_url: str, keys: KeyManager, key: str
+) -> None:
+    """While a count waits on a frozen Redis (SIGSTOP), for a whole second,
+    on a worker thread, the event loop goes on: 50 other requests on it are
+    answered at once, and the loop never stalls."""
+    unlimited = keys.create("proj_2", "no limit").key
+    keys.authenticate(key)
+    keys.authenticate(unlimited)
+    guarded = AsgiApiKeyMiddleware(
+        asgi_app([]),
+        keys,
+        exempt_paths=["/health"],
+        rate_limit=lambda record: "100/day" if record.project_id == "proj_1" else None,
+        rate_limit_storage=redis_url,
+        # A call waits this long for a frozen Redis: the test's yardstick.
+        rate_limit_storage_options={"socket_timeout": 1.0},
+    )
+
+    async def go() -> tuple[httpx.Response, list[int], float, float, float]:
+        transport = httpx.ASGITransport(app=guarded)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver"
+        ) as client:
+            # Connected to Redis, and counted there.
+            first = await client.get("/v1/project", headers=bearer(key))
+            assert first.headers["x-ratelimit-remaining"] == "99"
+            redis_server.freeze()
+            try:
+                gaps: list[float] = []
+                ticking = True
+
+                async def tick() -> None:
+                    last = time.monotonic()
+                    while ticking:
+                        await asyncio.sleep(0.005)
+                        now = time.monotonic()
+                        gaps.append(now - last)
+                        last = now
+
+                ticker = asyncio.ensure_future(tick())
+                started = time.monotonic()
+                stuck = asyncio.ensure_future(
+                    client.get("/v1/project", headers=bearer(key))
+                )
+                await asyncio.sleep(0.05)  # its count waits on Redis
+                others = await asyncio.gather(
+                    *(client.get("/health") for _ in range(25)),
+                    *(
+                        client.get("/v1/project", headers=bearer(unlimited))
+                        for _ in range(25)
+                    ),
+                )
+                others_done = time.monotonic() - started
+                assert not stuck.done()
+                limited = await stuck
+                stuck_done = time.monotonic() - started
+                ticking = False
+                await ticker
+            finally:
+                redis_server.thaw()
+        statuses = [response.status_code for response in others]
+        return limited, statuses, others_done, stuck_done, max(gaps)
+
+    limited, statuses, others_done, stuck_done, longest_stall = asyncio.run(go())
+    assert statuses == [200] * 50
+    # A loop that waited on Redis would stall for the whole second: the
+    # bounds leave room for a busy machine, and none for that.
+    assert others_done < 0.9 <= stuck_done
+    assert longest_stall < 0.5
+    # Counted in this process's memory once Redis timed out: never an error.
+    assert limited.status_code == 200
+    assert limited.headers["x-ratelimit-limit"] == "100"
+
+
+# -- FastAPI specifics -----------------------------------------------------------------
+
+
+def clocked(*bearers: Any) -> None:
+    for dependency in bearers:
+        dependency.gate.limiter._clock = Clock()
+
+
+def test_fastapi_counts_a_request_once_however_many_limits_it_has(
+    keys: KeyManager, key: str
+) -> None:
+    """Two dependencies with a limit on one route: the first counts. The
+    ASGI middleware's limit in front: it counts, and adds the headers."""
+    first = ApiKeyBearer(keys, rate_limit="5/minute")
+    second = ProjectBearer(keys, rate_limit="50/minute")
+    clocked(first, second)
+    app = FastAPI()
+    add_exception_handlers(app)
+
+    @app.get("/both")
+    async def both(
+        key: ApiKey = Depends(first),  # noqa: B008
+        project: Any = Depends(second),  # noqa: B008
+    ) -> str:
+        return str(project)
+
+    client = AsgiClient(app)
+    for remaining in ("4", "3"):
+        response = client.open("/both", method="GET", headers=bearer(key))
+        assert response.headers.getlist(REMAINING) == [remaining]
+        assert response.headers.getlist(LIMIT) == ["5"]
+
+    behind = AsgiApiKeyMiddleware(app, keys, rate_limit="2/minute")
+    behind.gate.limiter._clock = Clock()  # type: ignore[union-attr]
+    client = AsgiClient(behind)
+    answers = [client.open("/both", method="GET", headers=bearer(key)) for _ in "abc"]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    for response, remaining in zip(answers, ["1", "0", "0"], strict=True):
+        assert response.headers.getlist(REMAINING) == [remaining]
+        assert response.headers.getlist(LIMIT) == ["2"]
+    # The dependencies counted none of them.
+    assert (
+        AsgiClient(app)
+        .open("/both", method="GET", headers=bearer(key))
+        .headers[REMAINING]
+        == "2"
+    )
+
+
+def test_fastapi_rate_limit_exceeded_carries_the_decision(
+    keys: KeyManager, key: str
+) -> None:
+    auth = ApiKeyBearer(keys, rate_limit="1/minute")
+    clocked(auth)
+    caught: list[RateLimitExceeded] = []
+    app = FastAPI()
+    add_exception_handlers(app)
+
+    async def keep(conn: Any, exc: Exception) -> Any:
+        assert isinstance(exc, RateLimitExceeded)
+        caught.append(exc)
+        return Response(status_code=429, headers=dict(exc.decision.headers))
+
+    app.add_exception_handler(RateLimitExceeded, keep)
+
+    @app.get("/x")
+    async def view(k: ApiKey = Depends(auth)) -> str:  # noqa: B008
+        return "x"
+
+    client = AsgiClient(app)
+    assert client.open("/x", method="GET", headers=bearer(key)).status_code == 200
+    refused = client.open("/x", method="GET", headers=bearer(key))
+    assert refused.status_code == 429
+    assert refused.headers[RESET] == str(int(T0) + 60)
+    (exceeded,) = caught
+    assert str(exceeded) == TOO_MANY["error"]["message"]
+    assert exceeded.decision == RateDecision(False, 1, 0, int(T0) + 60, 45)
+    assert key[4:] not in repr(vars(exceeded))
+
+
+def test_fastapi_without_the_handler_a_429_fails_loudly(
+    keys: KeyManager, key: str
+) -> None:
+    """An app that answers the 401s its own way but never called
+    add_exception_handlers: the request over the limit is a 500 whose error
+    says what to do, never a request let through."""
+    auth = ApiKeyBearer(keys, rate_limit="1/minute")
+    clocked(auth)
+    app = FastAPI()
+
+    async def refuse(conn: Any, exc: Exception) -> Any:
+        return Response(status_code=401)
+
+    app.add_exception_handler(RequestRefused, refuse)
+    reached: list[str] = []
+
+    @app.get("/x")
+    async def view(k: ApiKey = Depends(auth)) -> str:  # noqa: B008
+        reached.append("view")
+        return "x"
+
+    client = AsgiClient(app)
+    assert client.open("/x", method="GET", headers={}).status_code == 401
+    assert client.open("/x", method="GET", headers=bearer(key)).status_code == 200
+    with pytest.raises(RuntimeError, match=r"add_exception_handlers\(app\)"):
+        client.open("/x", method="GET", headers=bearer(key))
+    assert reached == ["view"]
+
+
+def test_fastapi_a_response_the_view_makes_itself_gets_headers_it_copies(
+    keys: KeyManager, key: str
+) -> None:
+    """FastAPI puts a dependency's headers only on the response it makes of
+    a view's value; a view that makes its own copies the decision's."""
+    auth = ApiKeyBearer(keys, rate_limit="5/minute")
+    clocked(auth)
+    app = FastAPI(dependencies=[Depends(auth)])
+    add_exception_handlers(app)
+
+    @app.get("/own")
+    async def own() -> PlainTextResponse:
+        return PlainTextResponse("own")
+
+    @app.get("/copied")
+    async def copied(request: FastAPIRequest) -> PlainTextResponse:
+        decision = request.scope["vemetric_auth.rate_limit"]
+        return PlainTextResponse("copied", headers=dict(decision.headers))
+
+    client = AsgiClient(app)
+    own_response = client.open("/own", method="GET", headers=bearer(key))
+    assert own_response.status_code == 200
+    assert rate_headers(own_response) == []  # counted all the same
+    copied_response = client.open("/copied", method="GET", headers=bearer(key))
+    assert rate_headers(copied_response) == [
+        (LIMIT, "5"),
+        (REMAINING, "3"),
+        (RESET, str(int(T0) + 60)),
+    ]
+
+
+def test_fastapi_the_response_parameter_is_not_in_the_schema(
+    keys: KeyManager,
+) -> None:
+    auth = ApiKeyBearer(keys, rate_limit="5/minute")
+    app = FastAPI()
+
+    @app.get("/x")
+    async def view(k: ApiKey = Depends(auth)) -> str:  # noqa: B008
+        return "x"
+
+    operation = app.openapi()["paths"]["/x"]["get"]
+    assert "parameters" not in operation
+    assert "requestBody" not in operation
+    assert operation["security"] == [{"ApiKeyBearer": []}]
+
+
+def test_fastapi_a_websocket_over_the_limit_is_denied_with_the_429(
+    keys: KeyManager, key: str
+) -> None:
+    auth = ApiKeyBearer(keys, rate_limit="1/minute")
+    clocked(auth)
+    app = FastAPI()
+    add_exception_handlers(app)
+
+    @app.websocket("/ws")
+    async def echo(
+        websocket: WebSocket,
+        k: ApiKey = Depends(auth),  # noqa: B008
+    ) -> None:
+        await websocket.accept()
+        await websocket.send_text(k.project_id)
+        await websocket.close()
+
+    first = asyncio.run(drive(app, websocket_scope(key, denial=True), CONNECT))
+    assert [m["type"] for m in first[:2]] == ["websocket.accept", "websocket.send"]
+    scope = websocket_scope(key, denial=True)
+    start, body = asyncio.run(drive(app, scope, CONNECT))
+    assert (start["type"], start["status"]) == ("websocket.http.response.start", 429)
+    assert dict(start["headers"])[b"x-ratelimit-remaining"] == b"0"
+    assert body["body"] == TOO_MANY_BYTES
+    closed = asyncio.run(drive(app, websocket_scope(key, denial=False), CONNECT))
+    assert closed == [{"type": "websocket.close", "code": 1013}]
+
+
 # -- Flask specifics -------------------------------------------------------------------
 
 
@@ -644,6 +1409,29 @@ def test_bad_middleware_settings_name_the_parameter(
     kwargs.setdefault("rate_limit", "100/minute")
     with pytest.raises(error, match=f"^{PARAMETERS[setting]}: "):
         ApiKeyMiddleware(wsgi_app([]), keys, **kwargs)
+
+
+def asgi_middleware(keys: KeyManager, **kwargs: Any) -> Any:
+    return AsgiApiKeyMiddleware(asgi_app([]), keys, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [asgi_middleware, ApiKeyBearer, ProjectBearer],
+    ids=["asgi", "fastapi-key", "fastapi-project"],
+)
+@pytest.mark.parametrize(("settings", "error", "setting"), BAD_SETTINGS)
+def test_bad_asgi_and_fastapi_settings_name_the_parameter(
+    keys: KeyManager,
+    build: Callable[..., Any],
+    settings: dict[str, Any],
+    error: type[Exception],
+    setting: str,
+) -> None:
+    kwargs = {PARAMETERS[name]: value for name, value in settings.items()}
+    kwargs.setdefault("rate_limit", "100/minute")
+    with pytest.raises(error, match=f"^{PARAMETERS[setting]}: "):
+        build(keys, **kwargs)
 
 
 @pytest.mark.parametrize(("settings", "error", "setting"), BAD_SETTINGS)
@@ -738,6 +1526,48 @@ def test_limits_is_needed_only_with_a_limit() -> None:
     assert "pip install 'vemetric-auth[ratelimit]'" in last
 
 
+REFUSE_LIMITS_ASGI = """
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "limits":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Refuse())
+from vemetric_auth import InMemoryKeyStore, KeyManager
+from vemetric_auth.asgi import ApiKeyMiddleware
+from vemetric_auth.fastapi import ApiKeyBearer
+
+async def app(scope, receive, send):
+    pass
+
+keys = KeyManager(InMemoryKeyStore())
+ApiKeyMiddleware(app, keys)
+ApiKeyBearer(keys)
+print("no limit: fine")
+if sys.argv[1] == "asgi":
+    ApiKeyMiddleware(app, keys, rate_limit="1/second")
+else:
+    ApiKeyBearer(keys, rate_limit="1/second")
+"""
+
+
+@pytest.mark.parametrize("kind", ["asgi", "fastapi"])
+def test_limits_is_needed_only_with_a_limit_in_asgi_too(kind: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSE_LIMITS_ASGI, kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout == "no limit: fine\n"
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: "), done.stderr
+    assert "pip install 'vemetric-auth[ratelimit]'" in last
+
+
 # -- a real Redis -----------------------------------------------------------------------
 
 SHARE_SCRIPT = """
@@ -773,14 +1603,21 @@ def sql_keys(tmp_path: Path, hasher: Any) -> Iterator[tuple[str, KeyManager]]:
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize(
+    "make_here",
+    [make_wsgi, make_asgi, make_fastapi],
+    ids=["wsgi-and-wsgi", "asgi-and-wsgi", "fastapi-and-wsgi"],
+)
 def test_two_processes_share_counts_through_redis(
-    redis_url: str, sql_keys: tuple[str, KeyManager]
+    redis_url: str, sql_keys: tuple[str, KeyManager], make_here: MakeApi
 ) -> None:
+    """This process (WSGI, ASGI or FastAPI) and another one running the WSGI
+    middleware count the requests of one project together."""
     database_url, keys = sql_keys
     first = keys.create("proj_1", "this process").key
     second = keys.create("proj_1", "the other process").key
     now = T0 + 100
-    here = make_wsgi(keys, "10/day", storage=redis_url, clock=Clock(now))
+    here = make_here(keys, "10/day", storage=redis_url, clock=Clock(now))
     assert [here.get(first).headers[REMAINING] for _ in range(4)] == [
         "9",
         "8",
@@ -802,6 +1639,26 @@ def test_two_processes_share_counts_through_redis(
         (200, "1"),
         (200, "0"),
         (429, "0"),
+    ]
+
+
+@pytest.mark.redis
+def test_the_four_integrations_share_one_redis(
+    redis_url: str, keys: KeyManager, key: str
+) -> None:
+    clock = Clock(T0 + 100)
+    apis = [make(keys, "6/day", storage=redis_url, clock=clock) for make in MAKERS]
+    answers = [api.get(key) for api in apis + apis]
+    assert [r.status_code for r in answers] == [200] * 6 + [429] * 2
+    assert [r.headers[REMAINING] for r in answers] == [
+        "5",
+        "4",
+        "3",
+        "2",
+        "1",
+        "0",
+        "0",
+        "0",
     ]
 
 
@@ -892,9 +1749,13 @@ def test_redis_killed_under_traffic_then_restarted(
 
 @pytest.mark.redis
 def test_a_frozen_redis_never_holds_a_request_for_long(
-    redis_server: RedisServer, redis_url: str, keys: KeyManager, key: str
+    redis_server: RedisServer,
+    redis_url: str,
+    keys: KeyManager,
+    key: str,
+    make_api: MakeApi,
 ) -> None:
-    api = make_wsgi(keys, "3/day", storage=redis_url, clock=Clock(T0 + 10))
+    api = make_api(keys, "3/day", storage=redis_url, clock=Clock(T0 + 10))
     assert api.get(key).status_code == 200
     redis_server.freeze()
     try:
@@ -904,6 +1765,109 @@ def test_a_frozen_redis_never_holds_a_request_for_long(
     finally:
         redis_server.thaw()
     assert statuses == [200, 200, 200, 429]
+
+
+# -- under uvicorn ---------------------------------------------------------------------
+
+SERVED_APP = """\\
+from fastapi import Depends, FastAPI
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+
+from vemetric_auth import ApiKey, KeyManager, SQLKeyStore
+from vemetric_auth.asgi import ApiKeyMiddleware
+from vemetric_auth.fastapi import ApiKeyBearer, add_exception_handlers
+
+keys = KeyManager(SQLKeyStore("sqlite:///keys.db"))
+# A year: no window ends while the test runs.
+LIMIT = "2/year"
+
+
+async def hello(request):
+    return PlainTextResponse("hello " + request.state.project_id)
+
+
+async def echo(websocket):
+    await websocket.accept()
+    await websocket.send_text("hello " + websocket.state.project_id)
+    await websocket.close()
+
+
+starlette = ApiKeyMiddleware(
+    Starlette(routes=[Route("/v1/project", hello), WebSocketRoute("/ws", echo)]),
+    keys,
+    rate_limit=LIMIT,
+)
+
+app = FastAPI()
+add_exception_handlers(app)
+api_key = ApiKeyBearer(keys, rate_limit=LIMIT)
+
+
+@app.get("/v1/key")
+async def key(key: ApiKey = Depends(api_key)):
+    return {"project_id": key.project_id}
+
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+app.mount("/starlette", starlette)
+"""
+
+
+@pytest.mark.slow
+def test_under_uvicorn(tmp_path: Path) -> None:
+    """Over real HTTP: the ASGI middleware's and the FastAPI dependency's
+    counts, headers and 429, and a websocket handshake counted, its accept
+    carrying the headers, then refused with the 429."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    (tmp_path / "app.py").write_text(SERVED_APP, encoding="utf-8")
+    store = SQLKeyStore(f"sqlite:///{tmp_path / 'keys.db'}")
+    made = KeyManager(store, hasher=CountingHasher())
+    http_key, ws_key, fastapi_key = (
+        made.create(project_id, "uvicorn").key for project_id in ("p1", "p2", "p3")
+    )
+    store.close()
+    with uvicorn_serving(tmp_path) as server:
+        for path, key in (
+            ("/starlette/v1/project", http_key),
+            ("/v1/key", fastapi_key),
+        ):
+            answers = [server.request("GET", path, bearer(key)) for _ in range(3)]
+            assert [status for status, _, _ in answers] == [200, 200, 429]
+            assert [h["x-ratelimit-remaining"] for _, h, _ in answers] == [
+                "1",
+                "0",
+                "0",
+            ]
+            assert {h["x-ratelimit-limit"] for _, h, _ in answers} == {"2"}
+            _, headers, body = answers[2]
+            assert body == TOO_MANY_BYTES
+            assert headers["content-type"] == "application/json"
+            assert int(headers["retry-after"]) >= 1
+            assert headers["x-ratelimit-reset"] == answers[0][1]["x-ratelimit-reset"]
+
+        url = f"ws://127.0.0.1:{server.port}/starlette/ws"
+        for remaining in ("1", "0"):
+            with connect(url, additional_headers=bearer(ws_key), open_timeout=10) as ws:
+                assert ws.response is not None
+                assert ws.response.headers["X-RateLimit-Remaining"] == remaining
+                assert ws.response.headers["X-RateLimit-Limit"] == "2"
+                assert ws.recv(timeout=10) == "hello p2"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers=bearer(ws_key), open_timeout=10)
+        assert refused.value.response.status_code == 429
+        assert refused.value.response.body == TOO_MANY_BYTES
+        assert refused.value.response.headers["X-RateLimit-Remaining"] == "0"
+    log = server.log()
+    for key in (http_key, ws_key, fastapi_key):
+        assert key not in log
 
 
 # -- the example API and the demo -------------------------------------------------------

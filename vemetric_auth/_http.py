@@ -13,6 +13,7 @@ then, with a limit, :meth:`RequestGate.rate_limit` → the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -53,6 +54,7 @@ __all__ = [
     "ErrorAnswer",
     "RateLimitedAnswer",
     "RequestGate",
+    "asgi_rate_limit_headers",
     "bearer_token",
     "error_answers",
     "rate_limiter",
@@ -408,31 +410,51 @@ class ErrorAnswer:
         later", for a 503; 1008, "policy violation", for a 401), which the
         server answers with a ``403``.
         """
-        # New messages and header lists each time: a middleware above may
-        # add headers to them (Starlette's MutableHeaders edits in place).
-        if scope["type"] == "websocket":
-            if "websocket.http.response" in (scope.get("extensions") or ()):
-                await send(
-                    {
-                        "type": "websocket.http.response.start",
-                        "status": self.status_code,
-                        "headers": list(self.asgi_headers),
-                    }
-                )
-                await send({"type": "websocket.http.response.body", "body": self.body})
-            else:
-                code = 1013 if self.status_code == 503 else 1008
-                await send({"type": "websocket.close", "code": code})
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": self.status_code,
-                "headers": list(self.asgi_headers),
-            }
+        # New header lists each time: a middleware above may add headers to
+        # them (Starlette's MutableHeaders edits in place).
+        await _send_answer(
+            scope,
+            send,
+            self.status_code,
+            list(self.asgi_headers),
+            self.body,
+            close_code=1013 if self.status_code == 503 else 1008,
         )
-        body = b"" if scope.get("method") == "HEAD" else self.body
-        await send({"type": "http.response.body", "body": body})
+
+
+async def _send_answer(
+    scope: MutableMapping[str, Any],
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    status_code: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    close_code: int,
+) -> None:
+    """Send a prebuilt answer to an ASGI ``http`` request (no body to
+    ``HEAD``) or, before it is accepted, to a ``websocket`` handshake: as
+    the ASGI denial response where the server offers it, else as a
+    ``websocket.close`` with *close_code*."""
+    # New messages each time, for the same reason as the header lists.
+    if scope["type"] == "websocket":
+        if "websocket.http.response" in (scope.get("extensions") or ()):
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status_code,
+                    "headers": headers,
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": close_code})
+        return
+    await send(
+        {"type": "http.response.start", "status": status_code, "headers": headers}
+    )
+    if scope.get("method") == "HEAD":
+        body = b""
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_answers(
@@ -455,10 +477,12 @@ class RateLimitedAnswer:
     """The ``429`` of a request over its rate limit (SPEC section 8).
 
     Its status, body and fixed headers are built once; each answer adds the
-    ``Retry-After`` and ``X-RateLimit-*`` headers of its decision.
+    ``Retry-After`` and ``X-RateLimit-*`` headers of its decision. Served as a
+    WSGI application (:meth:`serve`), a werkzeug response (:meth:`response`)
+    or an ASGI one (:meth:`asgi`), byte for byte the same answer.
     """
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("asgi_headers", "body", "headers", "status", "status_code")
 
     #: The ``code`` of the JSON error.
     code: Final = "RATE_LIMIT_EXCEEDED"
@@ -473,6 +497,12 @@ class RateLimitedAnswer:
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(self.body))),
             ("Cache-Control", "no-store"),
+        )
+        self.status_code = 429
+        # The same headers as ASGI sends them: lowercase names, bytes.
+        self.asgi_headers = tuple(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.headers
         )
 
     def headers_for(self, decision: RateDecision) -> list[tuple[str, str]]:
@@ -502,9 +532,68 @@ class RateLimitedAnswer:
             self.body, status=self.status, headers=self.headers_for(decision)
         )
 
+    def asgi_headers_for(self, decision: RateDecision) -> list[tuple[bytes, bytes]]:
+        """Return every header of the answer to *decision* as ASGI sends
+        them (lowercase names, bytes), as a new list."""
+        return [
+            *self.asgi_headers,
+            (b"retry-after", b"%d" % decision.retry_after),
+            *asgi_rate_limit_headers(decision),
+        ]
+
+    async def asgi(
+        self,
+        decision: RateDecision,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        """Answer the request of *decision* as an ASGI application would.
+
+        An ``http`` request gets the status, the headers and, unless it is a
+        ``HEAD``, the body, as :meth:`serve` gives them. A ``websocket``
+        handshake over the limit is refused before it is accepted: with this
+        same ``429`` where the server offers the ``websocket.http.response``
+        extension, else with a ``websocket.close`` of code 1013 ("try again
+        later"), which the server answers with a ``403``.
+        """
+        await _send_answer(
+            scope,
+            send,
+            self.status_code,
+            self.asgi_headers_for(decision),
+            self.body,
+            close_code=1013,
+        )
+
 
 #: The one ``429`` answer: it depends on nothing configured.
 RATE_LIMITED: Final = RateLimitedAnswer()
+
+
+def asgi_rate_limit_headers(decision: RateDecision) -> list[tuple[bytes, bytes]]:
+    """Return the ``X-RateLimit-*`` headers of *decision* as ASGI sends them
+    (lowercase names, bytes), as a new list: :attr:`RateDecision.headers
+    <vemetric_auth.ratelimit.RateDecision.headers>` for an ASGI message."""
+    limit, remaining, reset = _asgi_rate_limit_names()
+    return [
+        (limit, b"%d" % decision.limit),
+        (remaining, b"%d" % decision.remaining),
+        (reset, b"%d" % decision.reset),
+    ]
+
+
+@functools.cache
+def _asgi_rate_limit_names() -> tuple[bytes, bytes, bytes]:
+    # Named once, in the ratelimit module, which is imported (with the
+    # limits library) only once a limit is used: by then, here.
+    from .ratelimit import LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER
+
+    return (
+        LIMIT_HEADER.lower().encode("latin-1"),
+        REMAINING_HEADER.lower().encode("latin-1"),
+        RESET_HEADER.lower().encode("latin-1"),
+    )
 
 
 def with_rate_limit_headers(

@@ -26,8 +26,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from ._extras import install_hint
 
@@ -46,19 +46,27 @@ from ._http import (
     PREFLIGHT,
     PROJECT_ENVIRON_KEY,
     PROJECT_ID_ENVIRON_KEY,
+    RATE_LIMIT_ENVIRON_KEY,
+    RATE_LIMITED,
     ErrorAnswer,
     RequestGate,
+    asgi_rate_limit_headers,
     bearer_token,
+    rate_limiter,
 )
 from ._secret import Secret
 from .errors import AuthError, StoreUnavailable
 from .manager import KeyManager
 from .records import ApiKey
 
+if TYPE_CHECKING:
+    from .ratelimit import CountBy, RateDecision, RateLimiter, Strategy, TierFunction
+
 __all__ = [
     "API_KEY_SCOPE_KEY",
     "PROJECT_ID_SCOPE_KEY",
     "PROJECT_SCOPE_KEY",
+    "RATE_LIMIT_SCOPE_KEY",
     "ApiKeyMiddleware",
 ]
 
@@ -76,11 +84,19 @@ API_KEY_SCOPE_KEY = API_KEY_ENVIRON_KEY
 PROJECT_ID_SCOPE_KEY = PROJECT_ID_ENVIRON_KEY
 #: The scope entry holding what ``project_loader`` returned, when one is given.
 PROJECT_SCOPE_KEY = PROJECT_ENVIRON_KEY
+#: The scope entry holding the request's
+#: :class:`~vemetric_auth.ratelimit.RateDecision`, when a rate limit applies.
+RATE_LIMIT_SCOPE_KEY = RATE_LIMIT_ENVIRON_KEY
 
 #: How many key checks (and synchronous project loaders) may wait on worker
 #: threads at once, per middleware. They mostly wait on the manager's own
 #: argon2 and store threads, which bound the actual work.
 _THREADS = 40
+
+# The messages that start an answer: the rate limit headers go in them.
+_ANSWER_STARTS = frozenset(
+    ("http.response.start", "websocket.accept", "websocket.http.response.start")
+)
 
 # The request headers the gate reads, under their WSGI environ names.
 _GATE_HEADERS = {
@@ -146,6 +162,46 @@ class ApiKeyMiddleware:
         exists, and the request is refused as with an invalid key (``401``,
         case 4). An :class:`~vemetric_auth.AuthError` it raises is answered
         as such (``StoreUnavailable``: ``503``); other exceptions propagate.
+    :param rate_limit: Limit the requests of each project (SPEC section 8):
+        a limit in the notation of the ``limits`` library, such as
+        ``"100/minute"`` (Vemetric's), or a callable that takes the request's
+        :class:`~vemetric_auth.ApiKey` and returns such a string, or ``None``
+        for no limit (tiers per project). ``None``, the default: no limit.
+        Needs the ``ratelimit`` extra.
+    :param rate_limit_storage: Where the counts live, as a ``limits``
+        storage URI: ``"memory://"`` (this process) or a shared one such as
+        ``"redis://host:6379"`` (the ``redis`` extra), shared with every
+        process and machine given the same URI, WSGI ones included.
+    :param rate_limit_by: ``"project"`` counts the requests of all keys of a
+        project together; ``"key"`` counts each key on its own.
+    :param rate_limit_strategy: ``"fixed-window"`` (Vemetric's, one storage
+        call per request), ``"moving-window"`` or
+        ``"sliding-window-counter"``.
+    :param rate_limit_storage_options: Keyword arguments for the storage's
+        client (see :class:`~vemetric_auth.ratelimit.RateLimiter`).
+
+    With a rate limit, the answers are the WSGI middleware's: a request with
+    a valid key (and project) is counted once it is authenticated; refused
+    keys, exempt paths, preflights and ``lifespan`` are never counted. The
+    three ``X-RateLimit-*`` headers are appended to the headers of the
+    application's ``http.response.start`` (its body is never buffered), and
+    the decision is in the scope entry ``vemetric_auth.rate_limit``. Over
+    the limit the application is not called and the answer is the ``429``
+    with ``Retry-After``, the three headers and the JSON body
+    ``RATE_LIMIT_EXCEEDED``.
+
+    A ``websocket`` handshake is one request: counted once, its
+    ``websocket.accept`` (or the application's own denial response) carries
+    the three headers, and over the limit it is refused before it is
+    accepted, with the ``429`` where the server supports the ASGI denial
+    response, else closed with code 1013 ("try again later"). The messages
+    of an open websocket are not counted.
+
+    With ``memory://`` the count is taken on the event loop (about a
+    microsecond, no I/O); with any other storage, whose calls wait on the
+    network, on a worker thread (at most 40 at once per middleware), so a
+    slow or frozen Redis never holds up the loop. A tier callable runs
+    where the count is taken: keep it free of I/O with ``memory://``.
 
     .. code-block:: python
 
@@ -153,13 +209,24 @@ class ApiKeyMiddleware:
         from vemetric_auth.asgi import ApiKeyMiddleware
 
         keys = KeyManager(SQLKeyStore("sqlite:///vemetric_auth.db"))
-        app = ApiKeyMiddleware(app, keys, exempt_paths=["/health"])
+        app = ApiKeyMiddleware(
+            app,
+            keys,
+            exempt_paths=["/health"],
+            rate_limit="100/minute",
+            rate_limit_storage="redis://localhost:6379",
+        )
 
     Security: the application's own messages and exceptions pass through
-    untouched; only the credential check can end a request here, and a
-    failing store never lets a request through. The scope is updated in
-    place (as Starlette's router does), so middlewares around this one also
-    see the entries it adds, after the call.
+    untouched; only the credential check and the rate limit can end a
+    request here, and a failing store never lets a request through. The
+    scope is updated in place (as Starlette's router does), so middlewares
+    around this one also see the entries it adds, after the call.
+
+    :raises TypeError, ValueError: an argument is wrong (a rate limit
+        setting's message starts with its parameter's name).
+    :raises ImportError: a rate limit without ``limits`` installed, or a
+        storage whose client library is missing.
     """
 
     def __init__(
@@ -172,8 +239,11 @@ class ApiKeyMiddleware:
         allow_options: bool = True,
         retry_after: int = 5,
         project_loader: Callable[[str], Any] | None = None,
-        # Rate limits (SPEC section 8) come here, as in the WSGI middleware:
-        # rate_limit, rate_limit_storage, rate_limit_by, given to ScopeGate.
+        rate_limit: str | TierFunction | None = None,
+        rate_limit_storage: str = "memory://",
+        rate_limit_by: CountBy = "project",
+        rate_limit_strategy: Strategy = "fixed-window",
+        rate_limit_storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
@@ -185,6 +255,13 @@ class ApiKeyMiddleware:
             exempt_paths=exempt_paths,
             allow_options=allow_options,
             project_loader=project_loader,
+            limiter=rate_limiter(
+                rate_limit,
+                storage_uri=rate_limit_storage,
+                storage_options=rate_limit_storage_options,
+                by=rate_limit_by,
+                strategy=rate_limit_strategy,
+            ),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -202,6 +279,18 @@ class ApiKeyMiddleware:
             except AuthError as error:
                 await gate.answer(error).asgi(scope, receive, send)
                 return
+            if gate.limiter is not None:
+                record = scope[API_KEY_SCOPE_KEY]
+                if gate.counts_on_loop:
+                    # No coroutine for a count of a microsecond in memory.
+                    decision = gate.gate.rate_limit(scope, record)
+                else:
+                    decision = await gate.rate_limit(scope, record)
+                if decision is not None:
+                    if not decision.allowed:
+                        await RATE_LIMITED.asgi(decision, scope, receive, send)
+                        return
+                    send = _with_rate_limit_headers(send, decision)
         elif passage is PREFLIGHT:
             await _headers_only(self.app, scope, receive, send)
             return
@@ -214,10 +303,20 @@ class ScopeGate:
     Shared by :class:`ApiKeyMiddleware` and the FastAPI dependencies: who
     passes without a key is :attr:`gate`'s :meth:`~RequestGate.passage` of
     the scope's :func:`environ_view`; :meth:`authenticate` checks the key
-    without blocking the loop.
+    and :meth:`rate_limit` counts the request, without blocking the loop.
     """
 
-    __slots__ = ("_load_async", "_slots", "_threads", "gate", "keys", "project_loader")
+    __slots__ = (
+        "_limit_threads",
+        "_load_async",
+        "_slots",
+        "_threads",
+        "counts_on_loop",
+        "gate",
+        "keys",
+        "limiter",
+        "project_loader",
+    )
 
     def __init__(
         self,
@@ -228,6 +327,7 @@ class ScopeGate:
         exempt_paths: Iterable[str],
         allow_options: bool,
         project_loader: Callable[[str], Any] | None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         if not isinstance(keys, KeyManager):
             raise TypeError("keys must be a vemetric_auth.KeyManager")
@@ -239,9 +339,16 @@ class ScopeGate:
             retry_after=retry_after,
             exempt_paths=exempt_paths,
             allow_options=allow_options,
+            limiter=limiter,
         )
         self.keys = keys
         self.project_loader = project_loader
+        #: The rate limiter of authenticated requests, or ``None``.
+        self.limiter = limiter
+        #: Whether the limiter counts on the event loop: ``memory://``, with
+        #: no I/O, in about a microsecond (less than a thread hop); any other
+        #: storage waits on the network, and counts on a worker thread.
+        self.counts_on_loop = limiter is None or _counts_in_memory(limiter)
         self._load_async = _is_async_callable(project_loader)
         # Made outside any event loop (anyio 4.2 or later binds them on first
         # use), so a middleware can be built at import time.
@@ -249,6 +356,10 @@ class ScopeGate:
         # anyio's run_sync takes (it would wait without a bound).
         self._slots = anyio.Semaphore(_THREADS)
         self._threads = anyio.CapacityLimiter(_THREADS)
+        # Counts have threads of their own: a storage outage must not take
+        # those of the key checks (each count is bounded by the storage's
+        # timeouts, so the wait for one is too).
+        self._limit_threads = anyio.CapacityLimiter(_THREADS)
 
     def passage(self, view: dict[str, Any]) -> str | None:
         """Say how a request passes without a key, if it does: the
@@ -312,9 +423,29 @@ class ScopeGate:
         self._admit(scope, record, record.project_id)
         return True
 
+    async def rate_limit(self, scope: Scope, record: ApiKey) -> RateDecision | None:
+        """Count an authenticated request against its rate limit.
+
+        Call it once per request, after :meth:`authenticate` (or
+        :meth:`admit_cached`), never for a request that passes without a
+        key. The count is taken on the event loop for ``memory://``, on a
+        worker thread for any other storage.
+
+        :return: ``None`` when no limit applies; otherwise the decision,
+            also put in the scope entry ``vemetric_auth.rate_limit`` (see
+            :meth:`RequestGate.rate_limit`).
+        """
+        if self.counts_on_loop:
+            return self.gate.rate_limit(scope, record)
+        limiter: RateLimiter = self.limiter  # type: ignore[assignment]
+        decision: RateDecision | None = await anyio.to_thread.run_sync(
+            limiter.hit, record, limiter=self._limit_threads
+        )
+        if decision is not None:
+            scope[RATE_LIMIT_ENVIRON_KEY] = decision
+        return decision
+
     def _admit(self, scope: Scope, record: ApiKey, project: object) -> None:
-        # Rate limits (SPEC section 8) are checked here: after the key and
-        # the project, before anything of the request is recorded.
         if self.project_loader is not None:
             scope[PROJECT_SCOPE_KEY] = project
         scope[API_KEY_SCOPE_KEY] = record
@@ -360,6 +491,34 @@ def _cached_or_secret(keys: KeyManager, header: object) -> ApiKey | Secret:
     if record is not None:
         return record
     return Secret(token)
+
+
+def _counts_in_memory(limiter: RateLimiter) -> bool:
+    """Whether *limiter* counts in this process's memory, with no I/O."""
+    return limiter._scheme == "memory"
+
+
+def _with_rate_limit_headers(send: Send, decision: RateDecision) -> Send:
+    """Return a ``send`` that adds *decision*'s ``X-RateLimit-*`` headers to
+    the message that starts the application's answer (``http.response.start``,
+    or a websocket's ``websocket.accept`` or denial response).
+
+    The message goes on as a copy with a new header list (an application may
+    send the same message every time), the application's headers first, in
+    their order; every other message, the body's included, goes through
+    untouched and at once.
+    """
+    headers = asgi_rate_limit_headers(decision)
+
+    async def send_limited(message: Message) -> None:
+        if message["type"] in _ANSWER_STARTS:
+            message = {
+                **message,
+                "headers": [*(message.get("headers") or ()), *headers],
+            }
+        await send(message)
+
+    return send_limited
 
 
 def _authenticate(keys: KeyManager, secret: Secret) -> ApiKey:

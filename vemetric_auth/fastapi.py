@@ -26,12 +26,20 @@ The key check is the one of :class:`vemetric_auth.asgi.ApiKeyMiddleware` (the
 same gate, answered on the event loop for a cached key, on a worker thread
 otherwise), and a refused request gets its answers byte for byte, never
 FastAPI's ``{"detail": ...}``.
+
+Rate limits (SPEC section 8) are set on a dependency, with the arguments of
+the middleware: ``ApiKeyBearer(keys, rate_limit="100/minute",
+rate_limit_storage="redis://...")``. The ``X-RateLimit-*`` headers go on the
+response FastAPI makes of what the path operation returns, as any
+dependency's headers do (FastAPI's ``Response`` parameter); over the limit
+the handler of :func:`add_exception_handlers` answers the ``429``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from ._extras import install_hint
 
@@ -40,6 +48,7 @@ try:
     from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
     from fastapi.security.base import SecurityBase
     from starlette.requests import HTTPConnection
+    from starlette.responses import Response
     from starlette.websockets import WebSocket
 except ModuleNotFoundError as error:
     if error.name not in ("fastapi", "starlette", "pydantic"):
@@ -49,16 +58,26 @@ except ModuleNotFoundError as error:
         name=error.name,
     ) from None
 
-from ._http import ErrorAnswer
+from ._http import (
+    RATE_LIMIT_ENVIRON_KEY,
+    RATE_LIMITED,
+    ErrorAnswer,
+    asgi_rate_limit_headers,
+    rate_limiter,
+)
 from .asgi import Receive, Scope, ScopeGate, Send
 from .errors import AuthError
 from .keys import KEY_LENGTH
 from .manager import KeyManager
 from .records import ApiKey
 
+if TYPE_CHECKING:
+    from .ratelimit import CountBy, RateDecision, Strategy, TierFunction
+
 __all__ = [
     "ApiKeyBearer",
     "ProjectBearer",
+    "RateLimitExceeded",
     "RequestRefused",
     "add_exception_handlers",
 ]
@@ -83,6 +102,20 @@ class RequestRefused(Exception):
         self.answer = answer
 
 
+class RateLimitExceeded(Exception):
+    """A request over its rate limit, answered ``429`` by the handler that
+    :func:`add_exception_handlers` installs.
+
+    :attr:`decision` is the :class:`~vemetric_auth.ratelimit.RateDecision`
+    of the request: its ``retry_after`` and the values of its
+    ``X-RateLimit-*`` headers.
+    """
+
+    def __init__(self, decision: RateDecision) -> None:
+        super().__init__(RATE_LIMITED.message)
+        self.decision = decision
+
+
 class _Bearer(SecurityBase):
     """What both dependencies share: the gate and the OpenAPI scheme."""
 
@@ -95,6 +128,11 @@ class _Bearer(SecurityBase):
         retry_after: int = 5,
         scheme_name: str | None = None,
         description: str | None = None,
+        rate_limit: str | TierFunction | None = None,
+        rate_limit_storage: str = "memory://",
+        rate_limit_by: CountBy = "project",
+        rate_limit_strategy: Strategy = "fixed-window",
+        rate_limit_storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.gate = ScopeGate(
             keys,
@@ -103,6 +141,13 @@ class _Bearer(SecurityBase):
             exempt_paths=(),
             allow_options=False,
             project_loader=project_loader,
+            limiter=rate_limiter(
+                rate_limit,
+                storage_uri=rate_limit_storage,
+                storage_options=rate_limit_storage_options,
+                by=rate_limit_by,
+                strategy=rate_limit_strategy,
+            ),
         )
         self.keys = keys
         self.model = HTTPBearerModel(
@@ -114,12 +159,27 @@ class _Bearer(SecurityBase):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} keys={self.keys!r}>"
 
-    async def _check(self, conn: HTTPConnection) -> tuple[ApiKey, object]:
+    async def _check(
+        self, conn: HTTPConnection, response: Response
+    ) -> tuple[ApiKey, object]:
+        gate = self.gate
         try:
-            return await self.gate.authenticate(conn.scope)
+            found = await gate.authenticate(conn.scope)
         except AuthError as error:
-            _require_handler(conn)
-            raise RequestRefused(error, self.gate.answer(error)) from None
+            _require_handler(conn, RequestRefused)
+            raise RequestRefused(error, gate.answer(error)) from None
+        scope = conn.scope
+        # Counted once per request: by the first dependency with a limit, or
+        # by the ASGI middleware in front (which adds its headers itself).
+        if gate.limiter is not None and RATE_LIMIT_ENVIRON_KEY not in scope:
+            decision = await gate.rate_limit(scope, found[0])
+            if decision is not None:
+                if not decision.allowed:
+                    _require_handler(conn, RateLimitExceeded)
+                    raise RateLimitExceeded(decision)
+                # FastAPI copies them onto the response it makes.
+                response.headers.raw.extend(asgi_rate_limit_headers(decision))
+        return found
 
 
 class ApiKeyBearer(_Bearer):
@@ -148,10 +208,43 @@ class ApiKeyBearer(_Bearer):
     :param scheme_name: The security scheme's name in the OpenAPI schema;
         ``"ApiKeyBearer"``, shared by both dependencies.
     :param description: The security scheme's description.
+    :param rate_limit: Limit the requests of each project (SPEC section 8),
+        as ``rate_limit`` of :class:`vemetric_auth.asgi.ApiKeyMiddleware`:
+        ``"100/minute"``, or a callable taking the
+        :class:`~vemetric_auth.ApiKey` for tiers. ``None``: no limit.
+    :param rate_limit_storage: ``"memory://"`` (this process) or a shared
+        ``limits`` storage URI such as ``"redis://host:6379"``.
+    :param rate_limit_by: ``"project"`` or ``"key"``.
+    :param rate_limit_strategy: ``"fixed-window"``, ``"moving-window"`` or
+        ``"sliding-window-counter"``.
+    :param rate_limit_storage_options: Keyword arguments for the storage's
+        client.
+
+    With a rate limit, a request is counted once its key (and project) is
+    found valid: refused keys are never counted, nor are routes without the
+    dependency. A request is counted once, however many dependencies with a
+    limit it has (the first one's counts) or with the ASGI middleware's
+    limit in front (the middleware's counts). The three ``X-RateLimit-*``
+    headers go on the response FastAPI makes of what the path operation
+    returns, whatever its status (through FastAPI's ``Response``
+    parameter, as the headers any dependency sets); a path operation that
+    returns a ``Response`` itself, and an exception handler's answer, do not
+    get them from FastAPI: copy them from ``RateDecision.headers``, found in
+    ``request.scope["vemetric_auth.rate_limit"]``, or use the ASGI
+    middleware's limit, which adds them to every answer. Over the limit the
+    path operation does not run: :class:`RateLimitExceeded` is raised, and
+    answered ``429`` with ``Retry-After``, the three headers and the JSON
+    body ``RATE_LIMIT_EXCEEDED``. A websocket handshake counts as one request
+    and, over the limit, is refused as the ASGI middleware refuses it (its
+    ``websocket.accept`` carries no headers).
+
+    :raises TypeError, ValueError: an argument is wrong (a rate limit
+        setting's message starts with its parameter's name).
+    :raises ImportError: a rate limit without ``limits`` installed.
     """
 
-    async def __call__(self, conn: HTTPConnection) -> ApiKey:
-        return (await self._check(conn))[0]
+    async def __call__(self, conn: HTTPConnection, response: Response) -> ApiKey:
+        return (await self._check(conn, response))[0]
 
 
 class ProjectBearer(_Bearer):
@@ -162,55 +255,68 @@ class ProjectBearer(_Bearer):
     longer exists) refuses the key like a revoked one (``401``, case 4); an
     :class:`~vemetric_auth.AuthError` it raises is answered as such
     (``StoreUnavailable``: ``503``). An ``async`` loader is awaited; a plain
-    function runs on a worker thread. Otherwise as :class:`ApiKeyBearer`.
+    function runs on a worker thread. Otherwise as :class:`ApiKeyBearer`,
+    rate limits included.
     """
 
-    async def __call__(self, conn: HTTPConnection) -> Any:
-        return (await self._check(conn))[1]
+    async def __call__(self, conn: HTTPConnection, response: Response) -> Any:
+        return (await self._check(conn, response))[1]
 
 
 def add_exception_handlers(app: FastAPI) -> None:
     """Answer the requests the dependencies refuse with the HTTP contract's
     status, headers and body (a ``HEAD`` without the body; a websocket
-    handshake refused as the ASGI middleware refuses it).
+    handshake refused as the ASGI middleware refuses it): the ``401`` and
+    ``503`` of :class:`RequestRefused`, and the ``429`` of
+    :class:`RateLimitExceeded`.
 
     Call it once, before the app serves; calling it again changes nothing.
     """
     app.add_exception_handler(RequestRefused, _answer_refused)
+    app.add_exception_handler(RateLimitExceeded, _answer_refused)
+
+
+# An answer as an ASGI application: ErrorAnswer.asgi, or RATE_LIMITED.asgi
+# bound to a decision.
+_Asgi = Callable[[Scope, Receive, Send], Any]
 
 
 async def _answer_refused(conn: HTTPConnection, exc: Exception) -> Any:
     """The exception handler: the refusal's answer, as the response of an
     ``http`` request, or sent at once to a websocket handshake."""
-    assert isinstance(exc, RequestRefused)
+    if isinstance(exc, RateLimitExceeded):
+        answer: _Asgi = partial(RATE_LIMITED.asgi, exc.decision)
+    else:
+        assert isinstance(exc, RequestRefused)
+        answer = exc.answer.asgi
     if isinstance(conn, WebSocket):
         # A websocket's exception handler answers by itself.
-        await exc.answer.asgi(conn.scope, conn.receive, conn.send)
+        await answer(conn.scope, conn.receive, conn.send)
         return None
-    return _Answer(exc.answer)
+    return _Answer(answer)
 
 
 class _Answer:
-    """An :class:`ErrorAnswer` as the response an exception handler returns:
-    an ASGI application sending the prebuilt answer."""
+    """A prebuilt answer as the response an exception handler returns: an
+    ASGI application sending it."""
 
     __slots__ = ("answer",)
 
-    def __init__(self, answer: ErrorAnswer) -> None:
+    def __init__(self, answer: _Asgi) -> None:
         self.answer = answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.answer.asgi(scope, receive, send)
+        await self.answer(scope, receive, send)
 
 
-def _require_handler(conn: HTTPConnection) -> None:
+def _require_handler(conn: HTTPConnection, refusal: type[Exception]) -> None:
     """Fail loudly, with what to do, when the app cannot answer a refusal.
 
-    :raises RuntimeError: no handler for :class:`RequestRefused` on the app.
+    :raises RuntimeError: no handler for *refusal* on the app.
     """
     app = conn.scope.get("app")
     handlers = getattr(app, "exception_handlers", None)
-    if handlers is not None and RequestRefused not in handlers:
+    if handlers is not None and refusal not in handlers:
         raise RuntimeError(
             "vemetric_auth.fastapi: call add_exception_handlers(app) so that "
             "refused requests get the HTTP contract's answers"
