@@ -1264,3 +1264,34 @@ def test_no_key_in_any_log_record_or_repr(
     assert caplog.records
     for secret in (issued.key, unknown, wrong):
         assert not [text for text in texts if secret[12:] in text]
+
+
+def test_a_preflight_answers_only_the_apps_cors_headers(flaky_keys: KeyManager) -> None:
+    """As in WSGI: validators, sizes, cookies and data headers of a protected
+    resource never reach a client without a key."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"access-control-allow-origin", b"https://app.example"),
+                    (b"Vary", b"Origin"),
+                    (b"etag", b'"report-30-1700000000"'),
+                    (b"x-total-count", b"48213"),
+                    (b"set-cookie", b"session=abc"),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": SECRET_BODY})
+
+    messages = run(ApiKeyMiddleware(app, flaky_keys), options_scope(**PREFLIGHT))
+    assert messages[0]["headers"] == [
+        (b"access-control-allow-origin", b"https://app.example"),
+        (b"Vary", b"Origin"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"0"),
+    ]
+    assert messages[1] == {"type": "http.response.body", "body": b""}

@@ -690,6 +690,7 @@ def test_a_preflight_answers_only_the_apps_cors_headers(flaky_keys: KeyManager) 
         "access-control-allow-origin",
         "allow",
         "content-length",
+        "content-type",
         "vary",
     ]
     assert response.headers["Content-Length"] == "0"

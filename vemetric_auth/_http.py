@@ -80,10 +80,10 @@ EXEMPT: Final = "exempt"
 PREFLIGHT: Final = "preflight"
 
 # What an application's answer to a preflight without a key may carry back:
-# its CORS headers and what caches need to keep them apart. Everything else
-# (validators, sizes, the application's own data headers) would tell an
-# unauthenticated client about a protected resource.
-_PREFLIGHT_HEADERS = frozenset({"allow", "vary", "date"})
+# its CORS headers, what caches need to keep them apart, and the answer's own
+# type. Everything else (validators, sizes, cookies, the application's data
+# headers) would tell an unauthenticated client about a protected resource.
+_PREFLIGHT_HEADERS = frozenset({"allow", "vary", "date", "content-type"})
 
 
 def preflight_header(name: str) -> bool:

@@ -52,6 +52,7 @@ from ._http import (
     RequestGate,
     asgi_rate_limit_headers,
     bearer_token,
+    preflight_header,
     rate_limiter,
 )
 from ._secret import Secret
@@ -583,7 +584,8 @@ async def _headers_only(
 ) -> None:
     """Answer *app*'s status and headers to a request, never its body.
 
-    The response ends with the headers: ``Content-Length`` becomes ``0`` (or
+    Only the headers :func:`~vemetric_auth._http.preflight_header` allows go
+    back. The response ends with them: ``Content-Length`` becomes ``0`` (or
     goes, on a ``1xx``, ``204`` or ``304``), an empty body follows at once,
     and every later message of *app* (its body, trailers, a file) is dropped.
 
@@ -600,7 +602,7 @@ async def _headers_only(
         headers = [
             (name, value)
             for name, value in message.get("headers") or ()
-            if name.lower() != b"content-length"
+            if preflight_header(name.decode("latin-1"))
         ]
         # RFC 9110 8.6: no Content-Length on a 1xx or 204 answer (nor on a
         # 304, where it would describe another response's body).
