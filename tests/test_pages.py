@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
@@ -1061,7 +1062,7 @@ def test_a_failed_activation_shows_no_key(
 ) -> None:
     from vemetric_auth import StoreUnavailable
 
-    def activate(issued: Any) -> ApiKey:
+    def activate(issued: Any, **options: Any) -> ApiKey:
         raise StoreUnavailable("the store went away")
 
     monkeypatch.setattr(keys, "activate", activate)
@@ -1291,3 +1292,37 @@ def test_every_template_and_static_file_is_package_data() -> None:
     assert len(shipped) >= 9
     for name in shipped:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+class _LateRollStore(InMemoryKeyStore):
+    """Lands every roll, but answers only after the manager gave up on it."""
+
+    def roll(self, *args: Any, **kwargs: Any) -> ApiKey | None:
+        time.sleep(0.6)
+        return super().roll(*args, **kwargs)
+
+
+def test_a_roll_the_store_lands_after_the_page_gave_up_is_undone(
+    hasher: Any,
+) -> None:
+    """The roll page answers 503 without the key when the store is too slow;
+    when the store then lands the roll anyway, nobody has the new key: it
+    never works, and the old key keeps working as it did."""
+    store = _LateRollStore()
+    keys = KeyManager(store, hasher=hasher, store_timeout=0.2)
+    old = keys.create("proj_1", "deploys", created_by="bob")
+    client = Host(keys).client()
+    response = roll(client, old.record, overlap="0")
+    assert response.status_code == 503
+    assert not KEY_PATTERN.search(response.text)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records = store.list("proj_1", include_revoked=True)
+        new = [r for r in records if r.id != old.record.id]
+        if new and new[0].revoked_at is not None:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # the undo of the old key's retirement lands too
+    assert [r.active for r in store.list("proj_1") if r.id != old.record.id] == []
+    assert keys.authenticate(old.key).id == old.record.id
+    keys.close()

@@ -374,7 +374,7 @@ class KeyManager:
             self._activate(state, shown=False)
         return issued
 
-    def activate(self, issued: IssuedKey | str) -> ApiKey:
+    def activate(self, issued: IssuedKey | str, *, shown: bool = True) -> ApiKey:
         """Make a key created or rolled with ``pending=True`` work.
 
         For a pending :meth:`create`, the key gets its expiry; for a pending
@@ -385,6 +385,12 @@ class KeyManager:
 
         :param issued: What :meth:`create` or :meth:`roll` returned, or the
             new key's id.
+        :param shown: Whether the key has reached its owner already. Pass
+            ``False`` when it is ready but not yet delivered (a page rendered
+            and not sent, which is answered with an error instead if this
+            fails): then any failure revokes the new key, and an activation
+            the store lands after :attr:`store_timeout` is undone, as for a
+            key nobody saw.
         :returns: The new key's record as it is now.
         :raises ValueError: the key is not pending in this manager (never
             was, activated already, or revoked since); for a roll, the old key
@@ -394,8 +400,9 @@ class KeyManager:
         :raises StoreUnavailable: the store failed or did not answer within
             :attr:`store_timeout`, or the manager is closed. The activation
             may or may not have happened (for a roll: both changes or
-            neither), and may still happen if the store answers late; as the
-            key was shown, it is left so: :meth:`get` tells.
+            neither), and may still happen if the store answers late; a key
+            that was *shown* is left so (:meth:`get` tells), one that was not
+            is undone.
         """
         if isinstance(issued, IssuedKey):
             key_id = issued.record.id
@@ -407,7 +414,7 @@ class KeyManager:
             raise ValueError(
                 f"key {key_id} is not pending activation in this KeyManager"
             )
-        return self._activate(state, shown=True)
+        return self._activate(state, shown=shown)
 
     def _activate(self, state: _Pending, *, shown: bool) -> ApiKey:
         """Activate *state*'s key; *shown*: its caller has shown it already.

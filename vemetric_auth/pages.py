@@ -415,7 +415,10 @@ class _KeyPages:
             raise
         if pending:
             try:
-                keys.activate(issued)
+                # Rendered, not sent: if this fails, the answer is an error
+                # page without the key, so the key must never work, even if
+                # the store lands the activation late.
+                keys.activate(issued, shown=False)
             except (ValueError, KeyNotFound):
                 abort(
                     409,
