@@ -1021,9 +1021,9 @@ def test_a_new_key_works_only_once_its_page_is_rendered(
                 keys.authenticate(context["key"])
         return real_render(template, **context)
 
-    def activate(issued: Any) -> ApiKey:
+    def activate(issued: Any, **options: Any) -> ApiKey:
         events.append("activated")
-        return real_activate(issued)
+        return real_activate(issued, **options)
 
     monkeypatch.setattr(pages_module, "render_template", render)
     monkeypatch.setattr(keys, "activate", activate)
