@@ -4,9 +4,12 @@ A backend is any class with the six methods of ``vemetric_auth.KeyStore``.
 This one also has the methods of the optional protocols the key lifecycle
 needs: ``set_expiry`` and ``roll`` (``vemetric_auth.RollingKeyStore``, for
 ``KeyManager.roll``) and ``record_use`` (``vemetric_auth.UsageRecordingKeyStore``,
-for ``ApiKey.last_used_at``). It imports nothing private, and proves itself
-with the contract tests the shipped stores pass, those of the optional
-methods included (``tests/test_examples.py`` runs them on this one)::
+for ``ApiKey.last_used_at``), and the change feed (``changes_since`` and
+``listen``, ``vemetric_auth.ChangeFeedKeyStore``) through which managers learn
+within a second of keys revoked, rolled or given a new expiry, rather than
+after their ``cache_ttl``. It imports nothing private, and proves itself with
+the contract tests the shipped stores pass, those of the optional methods
+included (``tests/test_examples.py`` runs them on this one)::
 
     import pytest
     from vemetric_auth.testing import KeyStoreContract
@@ -41,9 +44,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vemetric_auth import ApiKey, DuplicatePrefix
+from vemetric_auth import ApiKey, ChangeListener, DuplicatePrefix, KeyChanges
 
 _FORMAT_VERSION = 1
+# Changes the feed keeps; a reader further behind reads complete=False.
+_KEPT_CHANGES = 1_000
 
 
 class JSONFileKeyStore:
@@ -60,6 +65,11 @@ class JSONFileKeyStore:
     A file written by vemetric-auth 0.1 (records without ``expires_at`` and
     ``last_used_at``) is read as it is.
 
+    The change feed is kept in memory, beside the file: the ids of the last
+    1,000 keys this store changed. That is all a feed needs in one process;
+    a store shared by processes must keep it where they all see it, written
+    with the change itself (``SQLKeyStore`` has a change log table).
+
     :param path: The JSON file; created on the first change if missing.
     """
 
@@ -68,6 +78,10 @@ class JSONFileKeyStore:
         self._lock = threading.Lock()
         # id -> (record, hash); the file is read once, then kept in sync.
         self._entries: dict[str, tuple[ApiKey, str]] = self._read()
+        # The change feed: the ids of the keys changed, oldest first, after
+        # the first _dropped changes; a cursor counts changes.
+        self._changes: list[str] = []
+        self._dropped = 0
 
     def __repr__(self) -> str:
         return f"<JSONFileKeyStore {str(self._path)!r}>"
@@ -124,7 +138,7 @@ class JSONFileKeyStore:
             record = dataclasses.replace(
                 record, revoked_at=revoked_at, revoked_by=revoked_by
             )
-            self._commit({**self._entries, key_id: (record, key_hash)})
+            self._commit({**self._entries, key_id: (record, key_hash)}, [key_id])
             return record
 
     def set_hash(self, key_id: str, key_hash: str) -> None:
@@ -134,7 +148,8 @@ class JSONFileKeyStore:
             if entry is not None:
                 self._commit({**self._entries, key_id: (entry[0], key_hash)})
 
-    # -- the optional protocols: RollingKeyStore, UsageRecordingKeyStore ------
+    # -- the optional protocols: RollingKeyStore, UsageRecordingKeyStore,
+    # -- ChangeFeedKeyStore ----------------------------------------------------
 
     def set_expiry(self, key_id: str, expires_at: datetime | None) -> ApiKey | None:
         """Set the expiry of an unrevoked key; return the stored record or ``None``."""
@@ -146,7 +161,7 @@ class JSONFileKeyStore:
             if record.revoked_at is not None:
                 return record
             record = dataclasses.replace(record, expires_at=expires_at)
-            self._commit({**self._entries, key_id: (record, key_hash)})
+            self._commit({**self._entries, key_id: (record, key_hash)}, [key_id])
             return record
 
     def roll(
@@ -191,7 +206,8 @@ class JSONFileKeyStore:
                     **self._entries,
                     old_key_id: (old, old_hash),
                     new_key_id: (new, new_hash),
-                }
+                },
+                [old_key_id, new_key_id],
             )
             return old
 
@@ -210,6 +226,29 @@ class JSONFileKeyStore:
             if entries != self._entries:
                 self._commit(entries)
 
+    def changes_since(self, cursor: int | None) -> KeyChanges:
+        """Return the ids of the keys changed after *cursor*, and the new cursor.
+
+        ``None`` gives the current cursor. ``complete`` is ``False`` for a
+        cursor older than the changes kept (or one this store never gave).
+        """
+        if cursor is not None and (
+            isinstance(cursor, bool) or not isinstance(cursor, int)
+        ):
+            raise TypeError("cursor must be an int or None")
+        if cursor is not None and cursor < 0:
+            raise ValueError("cursor must not be negative")
+        with self._lock:
+            head = self._dropped + len(self._changes)
+            if cursor is None:
+                return KeyChanges(head, (), True)
+            key_ids = tuple(self._changes[max(cursor - self._dropped, 0) :])
+            return KeyChanges(head, key_ids, self._dropped <= cursor <= head)
+
+    def listen(self) -> ChangeListener | None:
+        """``None``: nothing pushes changes, the feed is read by polling."""
+        return None
+
     # -- the file -----------------------------------------------------------
 
     def _read(self) -> dict[str, tuple[ApiKey, str]]:
@@ -226,7 +265,11 @@ class JSONFileKeyStore:
             entries[record.id] = (record, item["hash"])
         return entries
 
-    def _commit(self, entries: dict[str, tuple[ApiKey, str]]) -> None:
+    def _commit(
+        self, entries: dict[str, tuple[ApiKey, str]], changed: list[str] | None = None
+    ) -> None:
+        """Write *entries* to the file, then keep them, and log the keys
+        *changed* in the feed: all of it, or nothing if the write fails."""
         document = {
             "version": _FORMAT_VERSION,
             "keys": [
@@ -248,6 +291,10 @@ class JSONFileKeyStore:
             Path(temporary).unlink(missing_ok=True)
             raise
         self._entries = entries
+        self._changes += changed or []
+        if len(self._changes) > _KEPT_CHANGES:
+            self._dropped += len(self._changes) - _KEPT_CHANGES
+            del self._changes[:-_KEPT_CHANGES]
 
 
 def _record_from_dict(data: dict[str, Any]) -> ApiKey:

@@ -10,6 +10,7 @@ import pytest
 
 from vemetric_auth import (
     ApiKey,
+    ChangeFeedKeyStore,
     InMemoryKeyStore,
     InvalidApiKey,
     KeyManager,
@@ -66,7 +67,8 @@ def test_the_shipped_memory_store_has_every_capability() -> None:
     assert isinstance(store, KeyStore)
     assert isinstance(store, RollingKeyStore)
     assert isinstance(store, UsageRecordingKeyStore)
-    assert set(CAPABILITIES) == {"roll", "record_use"}
+    assert isinstance(store, ChangeFeedKeyStore)
+    assert set(CAPABILITIES) == {"roll", "record_use", "changes"}
 
 
 def test_a_six_method_store_is_a_key_store_without_capabilities() -> None:
@@ -74,6 +76,7 @@ def test_a_six_method_store_is_a_key_store_without_capabilities() -> None:
     assert isinstance(store, KeyStore)
     assert not isinstance(store, RollingKeyStore)
     assert not isinstance(store, UsageRecordingKeyStore)
+    assert not isinstance(store, ChangeFeedKeyStore)
 
 
 def test_a_six_method_store_works_for_what_it_did_before(hasher: Any) -> None:
@@ -163,6 +166,7 @@ class TestSixMethods(KeyStoreContract):
             "SKIPPED * the store lacks the 'roll' capability (RollingKeyStore)",
             "SKIPPED * the store lacks the 'record_use' capability "
             "(UsageRecordingKeyStore)",
+            "SKIPPED * the store lacks the 'changes' capability (ChangeFeedKeyStore)",
         ],
         consecutive=False,
     )
@@ -228,5 +232,70 @@ class TestClaimsTooMuch(KeyStoreContract):
     assert outcomes["failed"] >= 1
     result.stdout.fnmatch_lines(
         [message, "FAILED *test_declared_capabilities_are_implemented*"],
+        consecutive=False,
+    )
+
+
+def test_the_contract_catches_a_feed_that_misses_a_change(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import dataclasses
+        import pytest
+        from vemetric_auth import InMemoryKeyStore
+        from vemetric_auth.testing import KeyStoreContract
+
+        class LossyFeed(InMemoryKeyStore):
+            def changes_since(self, cursor):
+                changes = super().changes_since(cursor)
+                return dataclasses.replace(changes, key_ids=changes.key_ids[1:])
+
+        class TestLossyFeed(KeyStoreContract):
+            @pytest.fixture
+            def store(self):
+                return LossyFeed()
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] >= 3
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED *test_a_revocation_is_read_once_after_the_cursor*",
+            "FAILED *test_a_reader_polling_while_many_threads_revoke_misses_none*",
+        ],
+        consecutive=False,
+    )
+
+
+def test_a_feed_without_listen_is_not_the_capability(
+    pytester: pytest.Pytester,
+) -> None:
+    # listen() is part of the protocol: a store that can not push returns None.
+    pytester.makepyfile(
+        _SIX_METHOD_STORE
+        + """
+import pytest
+from vemetric_auth.testing import KeyStoreContract
+
+class PollOnly(SixMethodStore):
+    def changes_since(self, cursor):
+        return self._inner.changes_since(cursor)
+
+class TestPollOnly(KeyStoreContract):
+    capabilities = frozenset({"changes"})
+
+    @pytest.fixture
+    def store(self):
+        return PollOnly()
+"""
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        [
+            "*declares 'changes' but lacks the methods of ChangeFeedKeyStore*",
+            "FAILED *test_declared_capabilities_are_implemented*",
+        ],
         consecutive=False,
     )

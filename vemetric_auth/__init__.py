@@ -25,7 +25,10 @@ from .manager import KeyManager
 from .middleware import ApiKeyMiddleware
 from .records import ApiKey, IssuedKey
 from .stores import (
+    ChangeFeedKeyStore,
+    ChangeListener,
     InMemoryKeyStore,
+    KeyChanges,
     KeyStore,
     RollingKeyStore,
     UsageRecordingKeyStore,
@@ -41,11 +44,14 @@ __all__ = [
     "ApiKey",
     "ApiKeyMiddleware",
     "AuthError",
+    "ChangeFeedKeyStore",
+    "ChangeListener",
     "DuplicatePrefix",
     "InMemoryKeyStore",
     "InvalidApiKey",
     "InvalidApiKeyFormat",
     "IssuedKey",
+    "KeyChanges",
     "KeyManager",
     "KeyNotFound",
     "KeyStore",

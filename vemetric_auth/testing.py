@@ -16,7 +16,8 @@ against it, the same tests the shipped backends pass:
 
 The tests of an optional capability (:data:`CAPABILITIES`: ``"roll"`` for
 :class:`~vemetric_auth.stores.base.RollingKeyStore`, ``"record_use"`` for
-:class:`~vemetric_auth.stores.base.UsageRecordingKeyStore`) run when the
+:class:`~vemetric_auth.stores.base.UsageRecordingKeyStore`, ``"changes"``
+for :class:`~vemetric_auth.stores.base.ChangeFeedKeyStore`) run when the
 store has its methods, and skip otherwise: a store with the six methods of
 :class:`~vemetric_auth.KeyStore` passes the contract for what it implements.
 Set :attr:`KeyStoreContract.capabilities` to declare them instead; a store
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
@@ -40,13 +42,24 @@ import pytest
 from .errors import DuplicatePrefix
 from .keys import display_prefix, generate_key
 from .records import ApiKey
-from .stores.base import KeyStore, RollingKeyStore, UsageRecordingKeyStore
+from .stores.base import (
+    ChangeFeedKeyStore,
+    ChangeListener,
+    KeyChanges,
+    KeyStore,
+    RollingKeyStore,
+    UsageRecordingKeyStore,
+)
 
 __all__ = ["CAPABILITIES", "KeyStoreContract", "make_record"]
 
 #: The optional capabilities of a store, by name, and the protocol of each.
 CAPABILITIES: Mapping[str, type[Any]] = MappingProxyType(
-    {"roll": RollingKeyStore, "record_use": UsageRecordingKeyStore}
+    {
+        "roll": RollingKeyStore,
+        "record_use": UsageRecordingKeyStore,
+        "changes": ChangeFeedKeyStore,
+    }
 )
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -87,6 +100,19 @@ class _RollingStore(KeyStore, RollingKeyStore, Protocol):
 
 class _RecordingStore(KeyStore, UsageRecordingKeyStore, Protocol):
     pass
+
+
+class _FeedStore(KeyStore, ChangeFeedKeyStore, Protocol):
+    pass
+
+
+def _read_on(store: ChangeFeedKeyStore, cursor: int) -> tuple[int, list[str]]:
+    """Read the feed from *cursor* (the read must be complete); return the
+    cursor to go on from and the key ids read."""
+    changes = store.changes_since(cursor)
+    assert isinstance(changes, KeyChanges)
+    assert changes.complete, f"changes_since({cursor}) is not complete"
+    return changes.cursor, list(changes.key_ids)
 
 
 def _race(count: int, work: Callable[[int], object]) -> list[object]:
@@ -137,6 +163,12 @@ class KeyStoreContract:
         """The store, for the tests of ``"record_use"``; they skip without it."""
         self._require(store, "record_use")
         return cast(_RecordingStore, store)
+
+    @pytest.fixture
+    def feed_store(self, store: KeyStore) -> _FeedStore:
+        """The store, for the tests of ``"changes"``; they skip without it."""
+        self._require(store, "changes")
+        return cast(_FeedStore, store)
 
     def _capabilities_of(self, store: KeyStore) -> frozenset[str]:
         if self.capabilities is not None:
@@ -734,3 +766,211 @@ class KeyStoreContract:
             assert recording_store.get(record.id) == dataclasses.replace(
                 record, last_used_at=latest
             )
+
+    # -- "changes": ChangeFeedKeyStore ---------------------------------------
+
+    def test_changes_since_none_is_where_a_reader_starts(
+        self, feed_store: _FeedStore
+    ) -> None:
+        record = make_record()
+        feed_store.add(record, "hash")
+        feed_store.revoke(record.id, revoked_at=_EPOCH, revoked_by=None)
+        start = feed_store.changes_since(None)
+        assert isinstance(start, KeyChanges)
+        assert (start.key_ids, start.complete) == ((), True)
+        # Nothing changed since: nothing to read, and the cursor stays.
+        assert feed_store.changes_since(start.cursor) == start
+
+    def test_a_revocation_is_read_once_after_the_cursor(
+        self, feed_store: _FeedStore
+    ) -> None:
+        record = make_record()
+        other = make_record(minutes=1)
+        feed_store.add(record, "hash")
+        feed_store.add(other, "hash")
+        cursor = feed_store.changes_since(None).cursor
+        feed_store.revoke(record.id, revoked_at=_EPOCH, revoked_by="bob")
+        cursor, key_ids = _read_on(feed_store, cursor)
+        assert set(key_ids) == {record.id}
+        assert _read_on(feed_store, cursor) == (cursor, [])
+
+    def test_changes_are_read_in_order_across_reads(
+        self, feed_store: _FeedStore
+    ) -> None:
+        records = [make_record(minutes=n) for n in range(6)]
+        for record in records:
+            feed_store.add(record, "hash")
+        cursor = feed_store.changes_since(None).cursor
+        read: list[str] = []
+        for record in records:
+            feed_store.revoke(record.id, revoked_at=_EPOCH, revoked_by=None)
+            if len(read) % 2 == 0:
+                cursor, key_ids = _read_on(feed_store, cursor)
+                read += key_ids
+        cursor, key_ids = _read_on(feed_store, cursor)
+        read += key_ids
+        assert list(dict.fromkeys(read)) == [record.id for record in records]
+
+    def test_creating_rehashing_and_recording_use_are_not_changes(
+        self, feed_store: _FeedStore
+    ) -> None:
+        cursor = feed_store.changes_since(None).cursor
+        record = make_record()
+        feed_store.add(record, "hash-1")
+        feed_store.set_hash(record.id, "hash-2")
+        if isinstance(feed_store, UsageRecordingKeyStore):
+            feed_store.record_use({record.id: _EPOCH})
+        feed_store.get(record.id)
+        feed_store.find_by_prefix(record.prefix)
+        feed_store.list("proj_1")
+        assert _read_on(feed_store, cursor) == (cursor, [])
+
+    def test_set_expiry_and_roll_are_changes(self, feed_store: _FeedStore) -> None:
+        if not isinstance(feed_store, RollingKeyStore):
+            pytest.skip("the store lacks the 'roll' capability (RollingKeyStore)")
+        pending = _inactive_record()
+        old = make_record(minutes=1)
+        new = _inactive_record(minutes=2)
+        older = make_record(minutes=3)
+        newer = _inactive_record(minutes=4)
+        for record in (pending, old, new, older, newer):
+            feed_store.add(record, "hash")
+        cursor = feed_store.changes_since(None).cursor
+
+        feed_store.set_expiry(pending.id, None)
+        cursor, key_ids = _read_on(feed_store, cursor)
+        assert set(key_ids) == {pending.id}
+
+        feed_store.roll(
+            old.id,
+            new.id,
+            new_expires_at=None,
+            old_expires_at=_EPOCH,
+            revoked_at=None,
+            revoked_by=None,
+        )
+        cursor, key_ids = _read_on(feed_store, cursor)
+        assert set(key_ids) == {old.id, new.id}
+
+        feed_store.roll(
+            older.id,
+            newer.id,
+            new_expires_at=None,
+            old_expires_at=None,
+            revoked_at=_EPOCH,
+            revoked_by="carol",
+        )
+        cursor, key_ids = _read_on(feed_store, cursor)
+        assert set(key_ids) == {older.id, newer.id}
+
+    def test_a_roll_that_fails_is_not_a_change(self, feed_store: _FeedStore) -> None:
+        if not isinstance(feed_store, RollingKeyStore):
+            pytest.skip("the store lacks the 'roll' capability (RollingKeyStore)")
+        old = make_record()
+        new = _inactive_record(minutes=1)
+        feed_store.add(old, "hash")
+        feed_store.add(new, "hash")
+        feed_store.revoke(old.id, revoked_at=_EPOCH, revoked_by="bob")
+        cursor = feed_store.changes_since(None).cursor
+        with pytest.raises(ValueError, match="revoked"):
+            feed_store.roll(
+                old.id,
+                new.id,
+                new_expires_at=None,
+                old_expires_at=None,
+                revoked_at=_EPOCH,
+                revoked_by="carol",
+            )
+        assert _read_on(feed_store, cursor) == (cursor, [])
+
+    def test_a_cursor_the_store_never_gave_is_not_complete(
+        self, feed_store: _FeedStore
+    ) -> None:
+        record = make_record()
+        feed_store.add(record, "hash")
+        feed_store.revoke(record.id, revoked_at=_EPOCH, revoked_by=None)
+        head = feed_store.changes_since(None).cursor
+        unknown = feed_store.changes_since(head + 1000)
+        assert not unknown.complete
+        # The cursor it gives is one to go on from.
+        assert _read_on(feed_store, unknown.cursor) == (unknown.cursor, [])
+
+    @pytest.mark.parametrize(
+        ("cursor", "error"),
+        [
+            pytest.param("0", TypeError, id="str"),
+            pytest.param(1.0, TypeError, id="float"),
+            pytest.param(True, TypeError, id="bool"),
+            pytest.param(-1, ValueError, id="negative"),
+        ],
+    )
+    def test_bad_cursors_are_refused(
+        self, feed_store: _FeedStore, cursor: Any, error: type[Exception]
+    ) -> None:
+        with pytest.raises(error):
+            feed_store.changes_since(cursor)
+
+    def test_a_reader_polling_while_many_threads_revoke_misses_none(
+        self, feed_store: _FeedStore
+    ) -> None:
+        records = [make_record(minutes=n) for n in range(48)]
+        for record in records:
+            feed_store.add(record, "hash")
+        cursor = feed_store.changes_since(None).cursor
+        writers = 8
+        read: set[str] = set()
+        incomplete: list[int] = []
+        done = threading.Event()
+
+        def poll() -> None:
+            nonlocal cursor
+            while True:
+                finished = done.is_set()
+                changes = feed_store.changes_since(cursor)
+                if not changes.complete:
+                    incomplete.append(cursor)
+                read.update(changes.key_ids)
+                cursor = changes.cursor
+                if finished:
+                    return
+
+        reader = threading.Thread(target=poll)
+        reader.start()
+        try:
+            outcomes = _race(
+                writers,
+                lambda n: [
+                    feed_store.revoke(record.id, revoked_at=_EPOCH, revoked_by=None)
+                    for record in records[n::writers]
+                ],
+            )
+        finally:
+            done.set()
+            reader.join()
+        assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+        assert incomplete == []
+        assert read == {record.id for record in records}
+
+    def test_listen_gives_none_or_a_listener_woken_by_a_change(
+        self, feed_store: _FeedStore
+    ) -> None:
+        listener = feed_store.listen()
+        if listener is None:
+            return
+        assert isinstance(listener, ChangeListener)
+        try:
+            record = make_record()
+            feed_store.add(record, "hash")
+            cursor = feed_store.changes_since(None).cursor
+            # Once listening (a first wait may say "read now"), it is quiet
+            # while nothing changes.
+            deadline = time.monotonic() + 10
+            while listener.wait(0.2):
+                assert time.monotonic() < deadline, "the listener is never quiet"
+            feed_store.revoke(record.id, revoked_at=_EPOCH, revoked_by=None)
+            assert listener.wait(10), "the listener was not woken by a change"
+            assert record.id in _read_on(feed_store, cursor)[1]
+        finally:
+            listener.close()
+        assert listener.wait(0.1) is False
+        listener.close()

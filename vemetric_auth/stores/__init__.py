@@ -5,15 +5,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DuplicatePrefix
-from .base import KeyStore, RollingKeyStore, UsageRecordingKeyStore
+from .base import (
+    ChangeFeedKeyStore,
+    ChangeListener,
+    KeyChanges,
+    KeyStore,
+    RollingKeyStore,
+    UsageRecordingKeyStore,
+)
 from .memory import InMemoryKeyStore
 
 if TYPE_CHECKING:
     from .sql import SQLKeyStore
 
 __all__ = [
+    "ChangeFeedKeyStore",
+    "ChangeListener",
     "DuplicatePrefix",
     "InMemoryKeyStore",
+    "KeyChanges",
     "KeyStore",
     "RollingKeyStore",
     "SQLKeyStore",

@@ -1,6 +1,9 @@
-"""The table of :class:`~vemetric_auth.SQLKeyStore`: its columns, names and DDL,
-and creating it, or upgrading one made by an earlier release, while other
-threads and processes may be doing the same.
+"""The tables of :class:`~vemetric_auth.SQLKeyStore`: their columns, names and
+DDL, and creating them, or upgrading a table made by an earlier release, while
+other threads and processes may be doing the same.
+
+Keys live in one table; their changes (revocations, rolls, new expiries) are
+logged in a second one, ``<table>_changes``, read by the change feed.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
+    Identity,
     Index,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -35,6 +41,8 @@ from .base import DEFAULT_TABLE_NAME
 __all__ = [
     "UTCDateTime",
     "add_missing_columns",
+    "change_lock_id",
+    "change_log_table",
     "check_table_name",
     "create_missing_table",
     "create_table_sql",
@@ -145,14 +153,48 @@ def key_table(metadata: MetaData, table_name: str) -> Table:
     )
 
 
+def change_log_table(metadata: MetaData, table_name: str) -> Table:
+    """Define the change log of the key table *table_name* in *metadata*.
+
+    One row per change of a key: ``id`` ascending in the order the changes
+    were made (SQLite ``AUTOINCREMENT`` and identity columns never reuse an
+    id), the changed key's ``key_id``, and ``changed_at``, by which old rows
+    are pruned. A row whose ``key_id`` is ``NULL`` marks where pruning
+    stopped: every entry up to its id may be gone. Its name,
+    ``<table_name>_changes``, is also the PostgreSQL ``NOTIFY`` channel.
+    """
+    return Table(
+        _identifier(table_name, "changes"),
+        metadata,
+        Column(
+            "id",
+            # SQLite's rowid alias must be spelt INTEGER; it holds 64 bits.
+            BigInteger().with_variant(Integer(), "sqlite"),
+            Identity(),
+            nullable=False,
+        ),
+        Column("key_id", String(MAX_ID_LENGTH), nullable=True),
+        Column("changed_at", UTCDateTime(), nullable=False),
+        PrimaryKeyConstraint("id", name=_identifier(table_name, "changes_pkey")),
+        sqlite_autoincrement=True,
+    )
+
+
+def change_lock_id(table_name: str) -> int:
+    """The PostgreSQL advisory lock writers of the change log of *table_name*
+    hold from taking an id until they commit."""
+    return _advisory_lock_id(f"{table_name}:changes")
+
+
 def create_table_sql(
     dialect: str = "postgresql", table_name: str = DEFAULT_TABLE_NAME
 ) -> str:
     """Return the SQL that creates the table of :class:`~vemetric_auth.SQLKeyStore`.
 
     For applications that manage their schema themselves (migrations, a DBA):
-    the statements create the table and its index as the store would on
-    first use. They are ``;``-terminated and separated by blank lines.
+    the statements create the table and its index, then its change log
+    (``<table_name>_changes``), as the store would on first use. They are
+    ``;``-terminated and separated by blank lines.
 
     :param dialect: A SQLAlchemy dialect name: ``"postgresql"``, ``"sqlite"``,
         ``"mysql"``, ...
@@ -161,12 +203,15 @@ def create_table_sql(
     """
     table_name = check_table_name(table_name)
     target = _dialect(dialect)
-    table = key_table(MetaData(), table_name)
+    metadata = MetaData()
+    table = key_table(metadata, table_name)
     compiled = [str(CreateTable(table).compile(dialect=target))]
     compiled.extend(
         str(CreateIndex(index).compile(dialect=target))
         for index in sorted(table.indexes, key=lambda index: str(index.name))
     )
+    changes = change_log_table(metadata, table_name)
+    compiled.append(str(CreateTable(changes).compile(dialect=target)))
     return _script(compiled)
 
 
@@ -177,10 +222,13 @@ def upgrade_table_sql(
 
     For applications that manage their schema themselves: the ``ALTER TABLE``
     statements add the columns the store has gained since (``expires_at``
-    and ``last_used_at``, both nullable, so no row is rewritten), as the
-    store would on first use. Run them once, before the new release serves;
-    a table made by :func:`create_table_sql` of this release needs none.
-    They are ``;``-terminated and separated by blank lines.
+    and ``last_used_at``, both nullable, so no row is rewritten), and the
+    ``CREATE TABLE`` its change log, as the store would on first use. Each
+    statement adds one thing: on a table that has some of them already (made
+    by a development version), run the others. Run them once, before the
+    new release serves; a table made by :func:`create_table_sql` of this
+    release needs none. They are ``;``-terminated and separated by blank
+    lines.
 
     :param dialect: A SQLAlchemy dialect name: ``"postgresql"``, ``"sqlite"``,
         ``"mysql"``, ...
@@ -189,10 +237,14 @@ def upgrade_table_sql(
     """
     table_name = check_table_name(table_name)
     target = _dialect(dialect)
-    table = key_table(MetaData(), table_name)
-    return _script(
-        [_add_column_sql(table, table.c[name], target) for name in _ADDED_COLUMNS]
-    )
+    metadata = MetaData()
+    table = key_table(metadata, table_name)
+    compiled = [
+        _add_column_sql(table, table.c[name], target) for name in _ADDED_COLUMNS
+    ]
+    changes = change_log_table(metadata, table_name)
+    compiled.append(str(CreateTable(changes).compile(dialect=target)))
+    return _script(compiled)
 
 
 def _dialect(name: str) -> Dialect:
@@ -223,9 +275,12 @@ def _add_column_sql(table: Table, column: Column[Any], dialect: Dialect) -> str:
 def create_missing_table(connection: Connection, table: Table, dialect: str) -> None:
     """Create *table* and its index through *connection* unless they exist.
 
-    Creators on a *dialect* of ``"postgresql"`` take turns through an advisory
-    lock, on ``"sqlite"`` through the database's write lock; on others, one
-    that finds the table created meanwhile carries on.
+    The other tables of its metadata missing too are created with it, in the
+    same transaction where DDL is transactional: on a new database, the key
+    table and its change log appear together. Creators on a *dialect* of
+    ``"postgresql"`` take turns through an advisory lock, on ``"sqlite"``
+    through the database's write lock; on others, one that finds the table
+    created meanwhile carries on.
     """
     if inspect(connection).has_table(table.name):
         return

@@ -6,7 +6,11 @@ of a store, in optional protocols of their own, so that a store written for
 
 - :class:`RollingKeyStore`: changing a key's expiry, and rolling a key in one
   step (``KeyManager.roll``);
-- :class:`UsageRecordingKeyStore`: recording when keys were last used.
+- :class:`UsageRecordingKeyStore`: recording when keys were last used;
+- :class:`ChangeFeedKeyStore`: telling which keys were revoked, rolled, or had
+  their expiry changed since a cursor (:class:`KeyChanges`), and optionally
+  waking its reader when that happens (:class:`ChangeListener`), so that every
+  process refuses a revoked key within a second, not after ``cache_ttl``.
 
 All are :func:`~typing.runtime_checkable`: ``isinstance(store,
 RollingKeyStore)`` tells whether a store has the methods (not whether they
@@ -15,6 +19,7 @@ work: :class:`vemetric_auth.testing.KeyStoreContract` checks that).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -23,6 +28,9 @@ from ..records import ApiKey
 
 __all__ = [
     "DEFAULT_TABLE_NAME",
+    "ChangeFeedKeyStore",
+    "ChangeListener",
+    "KeyChanges",
     "KeyStore",
     "RollingKeyStore",
     "UsageRecordingKeyStore",
@@ -46,7 +54,8 @@ class KeyStore(Protocol):
     the request is then answered ``503``, never ``401`` and never let through.
     Check a backend with :class:`vemetric_auth.testing.KeyStoreContract`.
     The key lifecycle needs more methods, in the optional protocols
-    :class:`RollingKeyStore` and :class:`UsageRecordingKeyStore`.
+    :class:`RollingKeyStore` and :class:`UsageRecordingKeyStore`; revocation
+    within a second in every process needs :class:`ChangeFeedKeyStore`.
     """
 
     def add(self, record: ApiKey, key_hash: str) -> None:
@@ -186,3 +195,127 @@ class UsageRecordingKeyStore(Protocol):
         again.
         """
         ...
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyChanges:
+    """What :meth:`ChangeFeedKeyStore.changes_since` found: the keys changed
+    after a cursor, and the cursor to read on from.
+
+    :raises TypeError: a field of the wrong type.
+    """
+
+    #: Where the next read starts: pass it to the next
+    #: :meth:`~ChangeFeedKeyStore.changes_since`. Opaque to the caller.
+    cursor: int
+    #: The ids of the keys revoked, rolled, or whose expiry changed after the
+    #: cursor that was given, oldest change first. An id may appear more than
+    #: once, and again in a later read: forgetting a key twice is harmless.
+    key_ids: tuple[str, ...]
+    #: ``False`` when changes may have been missed: the cursor given is older
+    #: than what the store still keeps (or is not one of its cursors). The
+    #: caller must then forget every key it verified, as if all had changed.
+    complete: bool
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cursor, bool) or not isinstance(self.cursor, int):
+            raise TypeError("KeyChanges.cursor must be an int")
+        if not isinstance(self.key_ids, tuple) or not all(
+            isinstance(key_id, str) for key_id in self.key_ids
+        ):
+            raise TypeError("KeyChanges.key_ids must be a tuple of key ids (str)")
+        if not isinstance(self.complete, bool):
+            raise TypeError("KeyChanges.complete must be True or False")
+
+
+@runtime_checkable
+class ChangeListener(Protocol):
+    """Wakes the reader of a change feed as soon as a change may have been made.
+
+    Returned by :meth:`ChangeFeedKeyStore.listen`. A hint only: the reader
+    still reads :meth:`~ChangeFeedKeyStore.changes_since`, which is the truth.
+    One thread waits at a time; :meth:`close` may be called from any thread.
+    """
+
+    def wait(self, timeout: float) -> bool:
+        """Block for up to *timeout* seconds, until a change may have been made.
+
+        Returns ``True`` if one may have been (read the feed now), ``False``
+        if the time ran out with none, or the listener is closed. Never
+        raises for a failing connection: it returns ``True`` instead, since
+        changes may have been missed, and keeps trying to listen again; while
+        it can not, it returns ``True`` about once a second, so its reader
+        falls back to polling.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop listening and release the connection; a wait in progress returns.
+
+        Idempotent.
+        """
+        ...
+
+
+@runtime_checkable
+class ChangeFeedKeyStore(Protocol):
+    """A store that tells which keys changed since a cursor: a change feed.
+
+    Optional: :class:`~vemetric_auth.KeyManager` reads it about once a second
+    in a background thread and forgets the keys it returns, so that a key
+    revoked in any process is refused by every other process within about a
+    second. Without it, another process refuses a revoked key within its
+    ``cache_ttl``. The contract suite calls this capability ``"changes"``.
+
+    Every :meth:`~KeyStore.revoke` that revokes, :meth:`~RollingKeyStore.roll`
+    and :meth:`~RollingKeyStore.set_expiry` that changes a record must be
+    recorded, atomically with the change (a change is never visible without
+    its entry). Creating keys, rehashing and recording last use are not
+    changes. Old entries may be dropped: a cursor older than what is kept
+    then reads ``complete=False``.
+    """
+
+    def changes_since(self, cursor: int | None) -> KeyChanges:
+        """Return the keys changed after *cursor*, and the cursor to continue from.
+
+        *cursor* ``None`` returns the current position (no key ids,
+        ``complete=True``): where a new reader starts, before it trusts
+        anything it verifies. Otherwise *cursor* is one a previous call
+        returned; a change recorded after that call is in the result (a
+        store must not miss one that commits late, e.g. a transaction that
+        took its place in the log before another but committed after it).
+        ``complete`` is ``False`` if changes after *cursor* may be missing.
+
+        Called about once a second by every process: keep it one small
+        indexed read, whatever the number of keys (the SQL store reads a
+        range of its change log's primary key).
+
+        :raises TypeError: *cursor* is not an int or ``None``.
+        :raises ValueError: *cursor* is negative.
+        """
+        ...
+
+    def listen(self) -> ChangeListener | None:
+        """Return a new :class:`ChangeListener` that wakes on changes, or ``None``.
+
+        ``None`` when the store can not push changes: its reader then polls
+        :meth:`changes_since`. Never raises for a failing database: the
+        listener connects, and reconnects, in its :meth:`~ChangeListener.wait`.
+        The caller closes what it gets.
+        """
+        ...
+
+
+def _check_cursor(cursor: object) -> int | None:
+    """Return the *cursor* given to ``changes_since`` if it may be one.
+
+    :raises TypeError: not an int or ``None``.
+    :raises ValueError: negative.
+    """
+    if cursor is None:
+        return None
+    if isinstance(cursor, bool) or not isinstance(cursor, int):
+        raise TypeError("cursor must be an int (from changes_since) or None")
+    if cursor < 0:
+        raise ValueError("cursor must not be negative")
+    return cursor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import threading
 from collections.abc import Mapping
@@ -11,8 +12,13 @@ from typing import overload
 from .._fork import reset_in_child
 from ..errors import DuplicatePrefix
 from ..records import ApiKey
+from .base import ChangeListener, KeyChanges, _check_cursor
 
 __all__ = ["InMemoryKeyStore"]
+
+# Change feed entries kept, at most; the oldest half goes when there are more.
+# A reader reads about once a second, so it is never that far behind.
+_MAX_CHANGES = 10_000
 
 
 class InMemoryKeyStore:
@@ -22,6 +28,11 @@ class InMemoryKeyStore:
     serve a threaded WSGI server. It is not shared between processes: a child
     made by ``os.fork()`` starts with a copy of the keys, and a lock of its
     own, free even if another thread of the parent held it at the fork.
+
+    Implements every optional protocol, the change feed
+    (:class:`~vemetric_auth.ChangeFeedKeyStore`) included: the ids of the
+    last 10,000 changes, in memory; it has no listener (:meth:`listen`
+    returns ``None``).
     """
 
     def __init__(self) -> None:
@@ -29,6 +40,11 @@ class InMemoryKeyStore:
         self._records: dict[str, ApiKey] = {}
         self._hashes: dict[str, str] = {}
         self._ids_by_prefix: dict[str, str] = {}
+        # The change feed: (position, key id) in order of position; entries
+        # at or below _pruned_through were dropped.
+        self._changes: list[tuple[int, str]] = []
+        self._change_position = 0
+        self._pruned_through = 0
         reset_in_child(self)
 
     def _after_fork(self) -> None:
@@ -86,6 +102,7 @@ class InMemoryKeyStore:
                 record, revoked_at=revoked_at, revoked_by=revoked_by
             )
             self._records[key_id] = record
+            self._record_changes(key_id)
             return record
 
     def set_hash(self, key_id: str, key_hash: str) -> None:
@@ -106,6 +123,7 @@ class InMemoryKeyStore:
                 return record
             record = dataclasses.replace(record, expires_at=expires_at)
             self._records[key_id] = record
+            self._record_changes(key_id)
             return record
 
     def roll(
@@ -140,18 +158,22 @@ class InMemoryKeyStore:
                 raise ValueError("the key to roll is revoked")
             if new.revoked_at is not None:
                 raise ValueError("the new key is revoked")
+            changed = [new_key_id]
             if revoked_at is not None:
                 old = dataclasses.replace(
                     old, revoked_at=revoked_at, revoked_by=revoked_by
                 )
+                changed.append(old_key_id)
             elif old_expires_at is not None and (
                 old.expires_at is None or old_expires_at < old.expires_at
             ):
                 old = dataclasses.replace(old, expires_at=old_expires_at)
+                changed.append(old_key_id)
             self._records[new_key_id] = dataclasses.replace(
                 new, expires_at=new_expires_at
             )
             self._records[old_key_id] = old
+            self._record_changes(*changed)
             return old
 
     def record_use(self, stamps: Mapping[str, datetime]) -> None:
@@ -171,6 +193,43 @@ class InMemoryKeyStore:
                     self._records[key_id] = dataclasses.replace(
                         record, last_used_at=stamp
                     )
+
+    def changes_since(self, cursor: int | None) -> KeyChanges:
+        """Return the keys changed after *cursor*; see
+        :meth:`ChangeFeedKeyStore.changes_since
+        <vemetric_auth.ChangeFeedKeyStore.changes_since>`.
+
+        ``complete`` is ``False`` for a cursor older than the last 10,000
+        changes, or newer than any this store gave.
+
+        :raises TypeError: *cursor* is not an int or ``None``.
+        :raises ValueError: *cursor* is negative.
+        """
+        cursor = _check_cursor(cursor)
+        with self._lock:
+            head = self._change_position
+            if cursor is None:
+                return KeyChanges(head, (), True)
+            start = bisect.bisect_right(
+                self._changes, cursor, key=lambda change: change[0]
+            )
+            key_ids = tuple(key_id for _, key_id in self._changes[start:])
+            complete = self._pruned_through <= cursor <= head
+        return KeyChanges(head, key_ids, complete)
+
+    def listen(self) -> ChangeListener | None:
+        """Return ``None``: changes are read by polling :meth:`changes_since`."""
+        return None
+
+    def _record_changes(self, *key_ids: str) -> None:
+        # Called under the lock, with the change it records.
+        for key_id in key_ids:
+            self._change_position += 1
+            self._changes.append((self._change_position, key_id))
+        if len(self._changes) > _MAX_CHANGES:
+            dropped = len(self._changes) - _MAX_CHANGES // 2
+            self._pruned_through = self._changes[dropped - 1][0]
+            del self._changes[:dropped]
 
 
 @overload

@@ -17,19 +17,30 @@ psycopg (the ``postgres`` extra).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import MetaData, String, bindparam, column, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    MetaData,
+    String,
+    bindparam,
+    column,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.schema import Table
 
 from ..errors import DuplicatePrefix
@@ -38,13 +49,15 @@ from ._sql_engine import open_engine, shares_one_connection
 from ._sql_schema import (
     UTCDateTime,
     add_missing_columns,
+    change_lock_id,
+    change_log_table,
     check_table_name,
     create_missing_table,
     create_table_sql,
     key_table,
     upgrade_table_sql,
 )
-from .base import DEFAULT_TABLE_NAME
+from .base import DEFAULT_TABLE_NAME, ChangeListener, KeyChanges, _check_cursor
 
 __all__ = [
     "DEFAULT_TABLE_NAME",
@@ -63,6 +76,24 @@ _SQLITE_SAFE_VARIABLES = 999
 
 # Writes one statement's share of a batch of last-use stamps, sorted by id.
 _StampWriter = Callable[[Connection, Sequence[tuple[str, datetime]]], None]
+
+logger = logging.getLogger("vemetric_auth")
+
+# Change log entries older than this are pruned. A reader reads about once a
+# second; one an hour behind has its whole cache dropped instead (a pruned
+# cursor reads complete=False).
+_CHANGE_RETENTION = timedelta(hours=1)
+# How often one store prunes, at most: after a write, when this much time has
+# passed since its last pruning (so the first write of a process prunes).
+_PRUNE_INTERVAL = 600.0
+# Change log entries one read returns, at most. A reader further behind (a
+# bulk revocation) reads complete=False: dropping its cache is then cheaper
+# than forgetting each key.
+_MAX_CHANGES_PER_READ = 10_000
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; the key ids are a
+# courtesy to whoever listens (the log is what readers read), so a longer list
+# is sent as an empty payload.
+_MAX_NOTIFY_PAYLOAD = 7_000
 
 
 class SQLKeyStore:
@@ -91,18 +122,23 @@ class SQLKeyStore:
         affected.
 
     The table and its index are created if missing, on first use or by
-    :meth:`create_table`; creation is safe when many threads and processes
-    start at once on an empty database. The table holds the record fields,
-    ``prefix`` unique, and the argon2 ``hash``; see :func:`create_table_sql`.
-    A table made by an earlier release is upgraded the same way: the columns
-    it lacks (``expires_at``, ``last_used_at``) are added, no row touched;
-    see :func:`upgrade_table_sql`. Datetimes are stored as UTC and always
-    come back timezone-aware UTC.
+    :meth:`create_table`, with the change log ``<table_name>_changes``;
+    creation is safe when many threads and processes start at once on an
+    empty database. The table holds the record fields, ``prefix`` unique,
+    and the argon2 ``hash``; see :func:`create_table_sql`. A table made by
+    an earlier release is upgraded the same way: the columns it lacks
+    (``expires_at``, ``last_used_at``) are added, no row touched, and the
+    change log created; see :func:`upgrade_table_sql`. Datetimes are stored
+    as UTC and always come back timezone-aware UTC.
 
     Besides :class:`~vemetric_auth.KeyStore`, implements the optional
-    :class:`~vemetric_auth.RollingKeyStore` (a roll is one transaction) and
+    :class:`~vemetric_auth.RollingKeyStore` (a roll is one transaction),
     :class:`~vemetric_auth.UsageRecordingKeyStore` (one statement per batch
-    of up to 10,000 stamps on PostgreSQL and SQLite 3.33 or later).
+    of up to 10,000 stamps on PostgreSQL and SQLite 3.33 or later) and
+    :class:`~vemetric_auth.ChangeFeedKeyStore`: every revocation, roll and
+    change of expiry adds a row to the change log in its own transaction,
+    which :meth:`changes_since` reads by primary key; on PostgreSQL the
+    transaction also sends ``NOTIFY``, which :meth:`listen` receives.
 
     Safe for many threads and processes at once. Connections are pooled:
     ``sqlite:///`` files are opened in WAL mode, one connection per thread at
@@ -159,13 +195,20 @@ class SQLKeyStore:
             )
         else:
             self._reader = engine
-        self._table = key_table(MetaData(), table_name)
+        metadata = MetaData()
+        self._table = key_table(metadata, table_name)
+        self._change_log = change_log_table(metadata, table_name)
         self._table_ready = False
         # How last-use stamps are written, and how many per statement at
         # most: chosen on first use, once the database's version is known.
         self._stamp_writer: tuple[_StampWriter, int] | None = None
         # A bound of our own on the stamps per statement (tests lower it).
         self._max_stamps_per_statement = _STAMPS_PER_STATEMENT
+        # The change log's clock, retention and pruning (tests change them).
+        self._clock: Callable[[], datetime] = _utc_now
+        self._change_retention = _CHANGE_RETENTION
+        self._next_prune = 0.0
+        self._max_changes_per_read = _MAX_CHANGES_PER_READ
         self._new_locks()
         _ALL_STORES.add(self)
 
@@ -243,6 +286,55 @@ class SQLKeyStore:
             .values(last_used_at=used.c.stamp)
         )
 
+        # The change log.
+        log = self._change_log
+        self._log_change = log.insert()
+        # On PostgreSQL, writers hold this lock from taking an id until they
+        # commit, so ids become visible in their order: without it, a
+        # transaction could take id 5, another 6 and commit first, and a
+        # reader that saw 6 would never look at 5 again.
+        self._lock_change_log = select(
+            func.pg_advisory_xact_lock(
+                bindparam("lock_id", change_lock_id(table_name), type_=BigInteger())
+            )
+        )
+        self._notify = select(
+            func.pg_notify(bindparam("channel", log.name), bindparam("payload"))
+        )
+        # The entry at the cursor too (it shows the log was not pruned past
+        # the cursor, nor recreated), then those after it; one more than a
+        # read returns tells a reader it is too far behind.
+        self._read_changes = (
+            select(log.c.id, log.c.key_id)
+            .where(log.c.id >= bindparam("cursor"))
+            .order_by(log.c.id)
+            .limit(bindparam("limit"))
+        )
+        self._last_change = select(func.max(log.c.id))
+        # Pruning: every entry before the last one older than the cutoff,
+        # found from the oldest up (the first recent entry) rather than by a
+        # scan of the whole log; that last old entry then becomes the marker.
+        first_recent = (
+            select(log.c.id)
+            .where(log.c.changed_at >= bindparam("cutoff"))
+            .order_by(log.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        self._last_old_change = select(func.max(log.c.id)).where(
+            log.c.id
+            < func.coalesce(first_recent, self._last_change.scalar_subquery() + 1)
+        )
+        self._delete_changes_before = log.delete().where(
+            log.c.id < bindparam("through")
+        )
+        self._mark_pruned = (
+            log.update()
+            .where(log.c.id == bindparam("through"))
+            .where(log.c.key_id.is_not(None))
+            .values(key_id=None)
+        )
+
     def _new_locks(self) -> None:
         # Made anew in a forked child too: another thread of the parent may
         # have held one at the fork, and would never release the child's copy.
@@ -283,6 +375,15 @@ class SQLKeyStore:
         """The SQLAlchemy :class:`~sqlalchemy.schema.Table` keys are kept in."""
         return self._table
 
+    @property
+    def change_log(self) -> Table:
+        """The SQLAlchemy :class:`~sqlalchemy.schema.Table` of the change log.
+
+        Its name is ``<table_name>_changes`` (shortened like the index names
+        when too long), and so is the PostgreSQL ``NOTIFY`` channel.
+        """
+        return self._change_log
+
     def close(self) -> None:
         """Close the pooled connections of the engine this store built.
 
@@ -298,20 +399,24 @@ class SQLKeyStore:
     # -- schema --------------------------------------------------------------
 
     def create_table(self) -> None:
-        """Create the table and its index unless they exist, or upgrade the table.
+        """Create the table, its index and its change log unless they exist,
+        or upgrade the table.
 
         A table made by an earlier release gets the columns it lacks
-        (nullable: no row is touched; :func:`upgrade_table_sql` gives the
-        statements). Called by the first use of the store; call it at
-        start-up to learn of a wrong URL or missing privileges early.
-        Idempotent, and safe when many processes run it at once: on
-        PostgreSQL they take turns through an advisory lock, on SQLite
-        through the database's write lock, and elsewhere one that finds the
-        table created (or the columns added) meanwhile carries on.
+        (nullable: no row is touched) and its change log;
+        :func:`upgrade_table_sql` gives the statements. Called by the first
+        use of the store; call it at start-up to learn of a wrong URL or
+        missing privileges early. Idempotent, and safe when many processes
+        run it at once: on PostgreSQL they take turns through an advisory
+        lock, on SQLite through the database's write lock, and elsewhere one
+        that finds the table created (or the columns added) meanwhile
+        carries on.
         """
         with self._turns, self._engine.connect() as connection:
             create_missing_table(connection, self._table, self._dialect_name)
             add_missing_columns(connection, self._table, self._dialect_name)
+            # A table made before the change feed: its log comes now.
+            create_missing_table(connection, self._change_log, self._dialect_name)
         self._table_ready = True
 
     def _ensure_table(self) -> None:
@@ -436,14 +541,19 @@ class SQLKeyStore:
         in the same transaction, so two callers racing to revoke the same key
         both get the one revocation that was stored.
 
+        A revocation is logged in the change log in the same transaction.
+
         :raises ValueError: *revoked_at* is naive. Nothing is changed then.
         """
         with self._writing() as connection:
-            connection.execute(
+            revoked = connection.execute(
                 self._revoke,
                 {"key_id": key_id, "revoked_at": revoked_at, "by": revoked_by},
-            )
+            ).rowcount
             row = connection.execute(self._select_by_id, {"key_id": key_id}).first()
+            if revoked:
+                self._log_changes(connection, [key_id])
+        self._prune_changes_when_due()
         return None if row is None else _record(row)
 
     def set_hash(self, key_id: str, key_hash: str) -> None:
@@ -464,14 +574,19 @@ class SQLKeyStore:
         :meth:`RollingKeyStore.set_expiry
         <vemetric_auth.RollingKeyStore.set_expiry>`.
 
+        A change is logged in the change log in the same transaction.
+
         :raises ValueError: *expires_at* is naive. Nothing is changed then.
         """
         _aware(expires_at, "expires_at")
         with self._writing() as connection:
-            connection.execute(
+            changed = connection.execute(
                 self._set_expiry, {"key_id": key_id, "new_expiry": expires_at}
-            )
+            ).rowcount
             row = connection.execute(self._select_by_id, {"key_id": key_id}).first()
+            if changed:
+                self._log_changes(connection, [key_id])
+        self._prune_changes_when_due()
         return None if row is None else _record(row)
 
     def roll(
@@ -490,10 +605,11 @@ class SQLKeyStore:
         *revoked_at*) or else expires at the earlier of its own expiry and
         *old_expires_at*. Both records are locked first (``FOR UPDATE``; on
         SQLite the database's write lock), so a concurrent revocation or roll
-        either happens before, and is seen, or waits. Returns the old record
-        as stored afterwards, ``None`` (nothing changed) if either id is
-        unknown; see :meth:`RollingKeyStore.roll
-        <vemetric_auth.RollingKeyStore.roll>`.
+        either happens before, and is seen, or waits. Both keys (the old
+        one only if it changed) are logged in the change log in the same
+        transaction. Returns the old record as stored afterwards, ``None``
+        (nothing changed) if either id is unknown; see
+        :meth:`RollingKeyStore.roll <vemetric_auth.RollingKeyStore.roll>`.
 
         :raises ValueError: either record is revoked, the ids are the same,
             or a datetime is naive. Nothing is changed then.
@@ -520,11 +636,13 @@ class SQLKeyStore:
             connection.execute(
                 self._set_expiry, {"key_id": new_key_id, "new_expiry": new_expires_at}
             )
+            changed = [new_key_id]
             if revoked_at is not None:
                 connection.execute(
                     self._revoke,
                     {"key_id": old_key_id, "revoked_at": revoked_at, "by": revoked_by},
                 )
+                changed.append(old_key_id)
             elif old_expires_at is not None and (
                 old.expires_at is None or old_expires_at < old.expires_at
             ):
@@ -532,7 +650,10 @@ class SQLKeyStore:
                     self._set_expiry,
                     {"key_id": old_key_id, "new_expiry": old_expires_at},
                 )
+                changed.append(old_key_id)
             row = connection.execute(self._select_by_id, {"key_id": old_key_id}).one()
+            self._log_changes(connection, changed)
+        self._prune_changes_when_due()
         return _record(row)
 
     def record_use(self, stamps: Mapping[str, datetime]) -> None:
@@ -565,6 +686,143 @@ class SQLKeyStore:
             size = min(size, self._max_stamps_per_statement)
             for start in range(0, len(batch), size):
                 write(connection, batch[start : start + size])
+
+    # -- the change feed -----------------------------------------------------
+
+    def changes_since(self, cursor: int | None) -> KeyChanges:
+        """Return the keys changed after *cursor*, and the cursor to continue from.
+
+        One statement: a range read of the change log's primary key, from
+        the entry at *cursor* on, whatever the number of keys. *cursor*
+        ``None`` reads the last id in the log (where a new reader starts).
+        ``complete`` is ``False`` when entries after *cursor* were pruned
+        (older than an hour), when more than 10,000 changes are pending
+        (the cursor then jumps to the last one), or when *cursor* is not an
+        entry of this log (it was recreated). See
+        :meth:`ChangeFeedKeyStore.changes_since
+        <vemetric_auth.ChangeFeedKeyStore.changes_since>`.
+
+        On PostgreSQL, writers take their ids under an advisory lock they
+        hold until they commit, so ids become visible in order and a reader
+        never passes over one that commits late. On SQLite, one writer at a
+        time does. On other databases, a change whose transaction commits
+        after a later one's may be missed: it is then refused within
+        ``cache_ttl``, as without a feed.
+
+        :raises TypeError: *cursor* is not an int or ``None``.
+        :raises ValueError: *cursor* is negative.
+        """
+        cursor = _check_cursor(cursor)
+        if cursor is None:
+            with self._reading() as connection:
+                head = connection.execute(self._last_change).scalar()
+            return KeyChanges(int(head or 0), (), True)
+        limit = self._max_changes_per_read
+        last: int | None = None
+        with self._reading() as connection:
+            rows = connection.execute(
+                self._read_changes, {"cursor": cursor, "limit": limit + 2}
+            ).all()
+            at_cursor = bool(rows) and rows[0].id == cursor
+            newer = rows[1:] if at_cursor else rows
+            if len(newer) > limit or (cursor and not rows):
+                last = connection.execute(self._last_change).scalar()
+        if not rows:
+            if cursor == 0:
+                return KeyChanges(0, (), True)  # an empty log
+            # Nothing at the cursor or after it: the log was recreated, and
+            # the cursor is not one of its own.
+            return KeyChanges(int(last or 0), (), False)
+        if len(newer) > limit:
+            # Too far behind to forget key by key: start afresh at the end.
+            return KeyChanges(int(last or 0), (), False)
+        # The entry at the cursor is gone only if pruned (then the marker
+        # follows) or if the log was recreated.
+        complete = at_cursor or cursor == 0
+        key_ids: dict[str, None] = {}
+        for row in newer:
+            if row.key_id is None:
+                # Pruning stopped here: entries after the cursor are gone.
+                complete = False
+            else:
+                key_ids[row.key_id] = None
+        return KeyChanges(int(rows[-1].id), tuple(key_ids), complete)
+
+    def listen(self) -> ChangeListener | None:
+        """Return a listener woken by the ``NOTIFY`` of changes, on PostgreSQL
+        through psycopg 3; ``None`` on other databases (they are polled).
+
+        The listener keeps one connection of its own, outside the pool,
+        taken from the engine (so with its connect arguments) when it first
+        waits, in autocommit mode, ``LISTEN`` on the change log's channel.
+        A connection lost is made again; meanwhile, and right after, its
+        :meth:`~vemetric_auth.ChangeListener.wait` returns ``True`` so that
+        its reader reads the change log, which misses nothing. Close it when
+        done.
+        """
+        if self._dialect_name != "postgresql" or self._engine.dialect.driver != (
+            "psycopg"
+        ):
+            return None
+        from ._sql_listener import PostgresChangeListener
+
+        return PostgresChangeListener(self._engine, self._change_log.name)
+
+    def _log_changes(self, connection: Connection, key_ids: Sequence[str]) -> None:
+        """Log *key_ids* as changed, in the transaction of the change.
+
+        The last statements of a write transaction: on PostgreSQL the lock
+        taken here is held until the commit, so it is kept short.
+        """
+        postgres = self._dialect_name == "postgresql"
+        if postgres:
+            connection.execute(self._lock_change_log)
+        now = self._clock()
+        connection.execute(
+            self._log_change,
+            [{"key_id": key_id, "changed_at": now} for key_id in key_ids],
+        )
+        if postgres:
+            payload = "\n".join(key_ids)
+            if len(payload.encode()) > _MAX_NOTIFY_PAYLOAD:
+                payload = ""
+            connection.execute(self._notify, {"payload": payload})
+
+    def _prune_changes_when_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + _PRUNE_INTERVAL
+        try:
+            self._prune_changes()
+        except SQLAlchemyError as error:
+            # Housekeeping: the change itself is committed, and the next
+            # pruning will do what this one could not.
+            logger.warning(
+                "could not prune the change log %s: %s",
+                self._change_log.name,
+                type(error).__name__,
+            )
+
+    def _prune_changes(self) -> None:
+        """Delete the change log entries older than the retention.
+
+        The last old entry stays, its key id cleared, as the marker of where
+        pruning stopped: a reader whose cursor is before it reads it, and
+        learns that entries it had not read are gone.
+        """
+        cutoff = self._clock() - self._change_retention
+        with self._writing(exclusive=True) as connection:
+            if self._dialect_name == "postgresql":
+                # Taking turns with writers and other pruners.
+                connection.execute(self._lock_change_log)
+            through = connection.execute(
+                self._last_old_change, {"cutoff": cutoff}
+            ).scalar()
+            if through is None:
+                return
+            connection.execute(self._delete_changes_before, {"through": through})
+            connection.execute(self._mark_pruned, {"through": through})
 
     def _choose_stamp_writer(self, connection: Connection) -> tuple[_StampWriter, int]:
         """Pick how last-use stamps are written on this database, and how many
@@ -654,6 +912,10 @@ def _begin_immediate(connection: Connection) -> None:
     dbapi_connection = connection.connection.dbapi_connection
     if not getattr(dbapi_connection, "in_transaction", False):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _aware(moment: datetime | None, what: str) -> None:
