@@ -22,6 +22,7 @@ typecheck: $(VENV)/.test-installed
 unit: $(VENV)/.test-installed
 	scripts/ensure-postgres.sh
 	scripts/ensure-redis.sh
+	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed
@@ -32,7 +33,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.demo-installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[flask,sql]'
+	$(BIN)/python -m pip install --quiet -e '.[flask,sql,ratelimit]'
 	touch $@
 
 $(VENV)/.test-installed: $(BIN)/python setup.cfg pyproject.toml

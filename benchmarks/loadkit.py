@@ -55,6 +55,9 @@ RETRY_AFTER = "5"
 #: The path of the exempt twin of ``/v1/project``; the project id follows.
 UNAUTHENTICATED_PREFIX = "/unauthenticated/v1/project/"
 _CACHE_TTL_ENV = "LOADKIT_CACHE_TTL"
+_RATE_LIMIT_ENV = "LOADKIT_RATE_LIMIT"
+_RATE_LIMIT_STORAGE_ENV = "LOADKIT_RATE_LIMIT_STORAGE"
+_FLASK_LIMITER_ENV = "LOADKIT_FLASK_LIMITER"
 
 # The HTTP contract (SPEC section 2), written out here rather than imported,
 # so that the load tests check the contract and not the implementation.
@@ -108,7 +111,12 @@ def server_app() -> Flask:
     """The Flask example, plus an exempt twin of ``GET /v1/project``.
 
     ``VEMETRIC_AUTH_DATABASE_URL`` names the store (and the projects table);
-    ``LOADKIT_CACHE_TTL``, if set, the extension's cache TTL. The twin,
+    ``LOADKIT_CACHE_TTL``, if set, the extension's cache TTL;
+    ``LOADKIT_RATE_LIMIT`` and ``LOADKIT_RATE_LIMIT_STORAGE``, if set, the
+    rate limit and its storage (else no rate limit: the load runs send far
+    more than the example's 100 requests a minute per project); with
+    ``LOADKIT_FLASK_LIMITER`` set too, Flask-Limiter counts them per project
+    instead of vemetric-auth, for the rate limit benchmark. The twin,
     ``GET /unauthenticated/v1/project/<project_id>``, loads the project the
     way the project loader does and answers the same body, without a key: the
     benchmark's "without auth" figure.
@@ -119,7 +127,25 @@ def server_app() -> Flask:
     config: dict[str, Any] = {}
     if _CACHE_TTL_ENV in os.environ:
         config["VEMETRIC_AUTH_CACHE_TTL"] = float(os.environ[_CACHE_TTL_ENV])
+    rate_limit = os.environ.get(_RATE_LIMIT_ENV) or None
+    storage = os.environ.get(_RATE_LIMIT_STORAGE_ENV, "memory://")
+    flask_limiter = rate_limit is not None and bool(os.environ.get(_FLASK_LIMITER_ENV))
+    config["VEMETRIC_AUTH_RATE_LIMIT"] = None if flask_limiter else rate_limit
+    config["VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI"] = storage
     app: Flask = flask_app.create_app(config)
+    if flask_limiter:
+        from flask import g
+        from flask_limiter import Limiter
+
+        # Registered after the extension: it counts verified requests only.
+        Limiter(
+            key_func=lambda: g.get("project_id", "-"),
+            app=app,
+            default_limits=[rate_limit],
+            storage_uri=storage,
+            strategy="fixed-window",
+            headers_enabled=True,
+        )
 
     def unauthenticated_project(project_id: str) -> dict[str, Any]:
         project = flask_app.projects().get(project_id)
@@ -348,13 +374,17 @@ def running_server(
     workdir: Path,
     *,
     cache_ttl: float | None = None,
+    rate_limit: str | None = None,
+    rate_limit_storage: str | None = None,
+    flask_limiter: bool = False,
     workers: int = 2,
     threads: int = 4,
     startup_timeout: float = 60.0,
 ) -> Iterator[ServerProcess]:
     """Run :func:`server_app` under *kind* (``"gunicorn"`` or ``"werkzeug"``)
     on a free loopback port until the block ends; the server is stopped,
-    killed if need be, whatever happens.
+    killed if need be, whatever happens. Without *rate_limit*, no rate limit;
+    with *flask_limiter*, Flask-Limiter enforces it rather than vemetric-auth.
 
     Ready means: listening, every gunicorn worker booted, ``/health`` answered.
     """
@@ -366,10 +396,22 @@ def running_server(
     else:
         raise ValueError(f"unknown server kind {kind!r}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEMETRIC_AUTH_")}
-    env.pop(_CACHE_TTL_ENV, None)
+    for name in (
+        _CACHE_TTL_ENV,
+        _RATE_LIMIT_ENV,
+        _RATE_LIMIT_STORAGE_ENV,
+        _FLASK_LIMITER_ENV,
+    ):
+        env.pop(name, None)
     env["VEMETRIC_AUTH_DATABASE_URL"] = database_url
     if cache_ttl is not None:
         env[_CACHE_TTL_ENV] = repr(float(cache_ttl))
+    if rate_limit is not None:
+        env[_RATE_LIMIT_ENV] = rate_limit
+    if rate_limit_storage is not None:
+        env[_RATE_LIMIT_STORAGE_ENV] = rate_limit_storage
+    if flask_limiter:
+        env[_FLASK_LIMITER_ENV] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{kind}-{os.urandom(4).hex()}.log"

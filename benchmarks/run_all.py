@@ -16,9 +16,12 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("bench_middleware.py", []),
     ("bench_flask.py", []),
+    ("bench_asgi.py", []),
+    ("bench_pages.py", []),
     ("bench_sql_store.py", []),
     ("bench_flood.py", []),
     ("soak_headers.py", []),
+    ("bench_ratelimit.py", []),
     ("bench_load.py", []),
 ]
 

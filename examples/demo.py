@@ -4,12 +4,16 @@ On the embedded SQLite store (``VEMETRIC_AUTH_DATABASE_URL``, default
 ``sqlite:///vemetric_auth.db`` in the working directory) it creates the project
 ``proj_demo`` unless it exists, a new API key for it that expires in 30 days,
 and a second key that it revokes at once; prints the key, its expiry and a
-``curl`` line for the success case and for each of the four ``401`` errors,
-and how to see the key's last use and roll it over; then serves
-``examples/flask_app.py`` on ``127.0.0.1:5000`` with werkzeug until Ctrl+C
-(which writes the last use of the keys before the demo ends)::
+``curl`` line for the success case and for each of the four ``401`` errors, a
+``curl`` loop that runs the project past its rate limit (100 requests a
+minute, Vemetric's), showing ``X-RateLimit-Remaining`` count down and then the
+``429``, the address of the key management pages with the demo login (user
+``demo``, a new password each run unless ``DEMO_PASSWORD`` is set), and how to
+see the key's last use and roll it over; then serves ``examples/flask_app.py``
+on ``127.0.0.1:5000`` with werkzeug until Ctrl+C (which writes the last use of
+the keys before the demo ends)::
 
-    pip install -e '.[flask]'          # from a clone (make demo does it)
+    pip install -e '.[flask,ratelimit]'   # from a clone (make demo does it)
     python examples/demo.py            # or: make demo
     python examples/demo.py 8080       # another port; PORT=8080 works too
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shlex
 import socket
 import sys
@@ -40,7 +45,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flask_app import auth, create_app, projects
+from flask_app import DEMO_USER, auth, create_app, projects
+from limits import parse
 
 PROJECT_ID = "proj_demo"
 DEFAULT_PORT = 5000
@@ -127,6 +133,31 @@ def curl_lines(demo: Demo, base_url: str) -> list[str]:
     ]
 
 
+def key_pages_url(demo: Demo, base_url: str) -> str:
+    """Return the address of the demo project's key management pages."""
+    return f"{base_url}/settings/projects/{demo.project_id}/keys"
+
+
+def rate_limit_lines(demo: Demo, base_url: str, limit: int) -> list[str]:
+    """Return a commented shell loop of *limit* + 1 requests with the demo key:
+    one line per answer, its status and rate limit headers."""
+    header = shlex.quote(f"Authorization: Bearer {demo.key}")
+    url = shlex.quote(base_url + "/v1/project")
+    return [
+        f"# {limit} requests a minute per project: watch X-RateLimit-Remaining "
+        "count down, then the 429 with Retry-After",
+        f"for i in $(seq {limit + 1}); do curl -s -o /dev/null -D - -H {header} "
+        f"{url} | tr -d '\\r' | grep -iE '^(HTTP/|x-ratelimit-|retry-after)' "
+        "| paste -sd ' ' -; done",
+    ]
+
+
+def _limit_of(app: Flask) -> int | None:
+    """The requests a window allows, when the app has a limit (a string)."""
+    limit = app.config["VEMETRIC_AUTH_RATE_LIMIT"]
+    return parse(limit).amount if isinstance(limit, str) else None
+
+
 def listen(port: int | None) -> socket.socket:
     """Return a socket listening on 127.0.0.1:*port*, or on port 5000.
 
@@ -162,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         sys.exit(f"Cannot serve on 127.0.0.1:{port}: {reason}. No key was made.")
-    app = create_app()
+    password = os.environ.get("DEMO_PASSWORD") or secrets.token_hex(8)
+    app = create_app({"DEMO_PASSWORD": password})
     server = serve(app, listener)
     demo = setup(app)
     base_url = f"http://127.0.0.1:{server.port}"
@@ -178,6 +210,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     for line in curl_lines(demo, base_url):
         print("  " + line)
+    print()
+    limit = _limit_of(app)
+    if limit is not None:
+        print("The rate limit:")
+        print()
+        for line in rate_limit_lines(demo, base_url, limit):
+            print("  " + line)
+        print()
+    print(f"Key pages: {key_pages_url(demo, base_url)}")
+    print(f"           log in as {DEMO_USER}, password {password}")
     print()
     print(f"Manage keys: .venv/bin/vemetric-auth list --project {demo.project_id}")
     print()

@@ -18,10 +18,27 @@ this app; by hand, from the repository root::
 
 A key whose project is deleted from the table is refused as
 ``Invalid or revoked API key``: the project loader returns ``None``.
+
+The key management pages of :func:`vemetric_auth.flask.key_pages` are mounted
+under ``/settings``, behind a minimal login of this app's own (one user,
+``demo``, whose password is ``DEMO_PASSWORD``; a real app uses its own
+login). With ``export DEMO_PASSWORD=... SECRET_KEY=...`` before ``flask run``,
+open http://127.0.0.1:5000/settings/projects/proj_demo/keys and log in.
+
+Each project may make 100 requests a minute, shared by all of its keys, as on
+Vemetric's own API: every answer to a key carries ``X-RateLimit-Limit``,
+``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``, and the 101st request of
+a minute gets ``429`` with ``Retry-After``. The counts live in this process
+(``memory://``); with several processes (gunicorn workers) or machines, share
+them in Redis (``pip install 'vemetric-auth[redis]'``)::
+
+    export VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI=redis://localhost:6379
+    export VEMETRIC_AUTH_RATE_LIMIT="1000/hour"   # another limit; "" for none
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from collections.abc import Mapping
@@ -29,7 +46,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 import click
-from flask import Blueprint, Flask, current_app, g
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template_string,
+    request,
+    session,
+    url_for,
+)
 from flask.cli import with_appcontext
 from sqlalchemy import (
     JSON,
@@ -45,11 +73,17 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from vemetric_auth import StoreUnavailable
-from vemetric_auth.flask import VemetricAuth
+from vemetric_auth.flask import VemetricAuth, key_pages
+
+#: Requests a minute each project may make, all its keys together: Vemetric's.
+RATE_LIMIT = "100/minute"
 
 # The extension holds no app: one instance serves every app create_app makes.
 auth = VemetricAuth()
 api = Blueprint("api", __name__)
+login = Blueprint("login", __name__)
+#: The one user of the demo login.
+DEMO_USER = "demo"
 
 _metadata = MetaData()
 projects_table = Table(
@@ -119,6 +153,15 @@ class Projects:
         assert project is not None
         return project
 
+    def ids(self) -> list[str]:
+        """Return the ids of every project."""
+        with self.engine.connect() as connection:
+            return list(
+                connection.execute(
+                    select(projects_table.c.id).order_by(projects_table.c.id)
+                ).scalars()
+            )
+
     def delete(self, project_id: str) -> None:
         """Delete the project; its keys are then refused."""
         with self.engine.begin() as connection:
@@ -178,6 +221,114 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# -- a minimal login of the app's own, in front of the key pages ---------------
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>Log in</title>
+  {#- The key pages' stylesheet, borrowed: this app has none of its own. #}
+  <link rel="stylesheet" href="{{ url_for('vemetric_auth_pages.static', filename='vemetric_auth/pages.css') }}">
+</head>
+<body class="vemetric-auth">
+<main>
+{% if user %}
+  <h1>Signed in as {{ user }}</h1>
+  <ul>
+  {% for project in projects %}
+    <li><a href="{{ url_for('vemetric_auth_pages.list_keys', project_id=project) }}">API keys of {{ project }}</a></li>
+  {% endfor %}
+  </ul>
+  <form method="post" action="{{ url_for('login.log_out') }}">
+    <button class="button" type="submit">Log out</button>
+  </form>
+{% else %}
+  <h1>Log in</h1>
+  <form class="card" method="post">
+    {% if error %}<p class="error" role="alert">{{ error }}</p>{% endif %}
+    <input type="hidden" name="next" value="{{ next }}">
+    <div class="field">
+      <label for="username">User name</label>
+      <input type="text" id="username" name="username" autocomplete="username" required autofocus>
+    </div>
+    <div class="field">
+      <label for="password">Password</label>
+      <input type="password" id="password" name="password" autocomplete="current-password" required>
+    </div>
+    <div class="actions"><button class="button primary" type="submit">Log in</button></div>
+  </form>
+{% endif %}
+</main>
+</body>
+</html>
+"""
+
+
+@login.route("/login", methods=["GET", "POST"])
+@auth.exempt
+def log_in() -> Any:
+    """The demo login: user ``demo``, password ``DEMO_PASSWORD``."""
+    next_url = _local_path(request.values.get("next", ""))
+    error = None
+    if request.method == "POST":
+        expected = current_app.config.get("DEMO_PASSWORD") or ""
+        given = request.form.get("password", "")
+        # Compared in constant time, and never with an empty password.
+        if (
+            expected
+            and request.form.get("username") == DEMO_USER
+            and hmac.compare_digest(given.encode(), expected.encode())
+        ):
+            session.clear()
+            session["user"] = DEMO_USER
+            return redirect(next_url or url_for("login.log_in"), 303)
+        error = (
+            "Wrong user name or password."
+            if expected
+            else "Logging in is off: set DEMO_PASSWORD."
+        )
+    return render_template_string(
+        _LOGIN_PAGE,
+        user=session.get("user"),
+        projects=projects().ids(),
+        next=next_url,
+        error=error,
+    ), (401 if error else 200)
+
+
+@login.post("/logout")
+@auth.exempt
+def log_out() -> Any:
+    """Forget the user."""
+    session.clear()
+    return redirect(url_for("login.log_in"), 303)
+
+
+def _local_path(target: str) -> str:
+    # Only a path of this site: never a redirect elsewhere.
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return ""
+
+
+def may_manage_keys(project_id: str) -> str | None:
+    """The key pages' ``authorize``: the user's name, a login page, or ``None``."""
+    user = session.get("user")
+    if not isinstance(user, str):
+        abort(redirect(url_for("login.log_in", next=request.full_path)))
+    # The demo user manages every project there is; a real app asks its own
+    # records whether this user may manage this project.
+    if projects().get(project_id) is None:
+        return None
+    return user
+
+
+def _api_url(project_id: str) -> str:
+    return url_for("api.get_project", _external=True)
+
+
 @click.command("add-project")
 @click.argument("project_id")
 @click.argument("name")
@@ -196,6 +347,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "VEMETRIC_AUTH_DATABASE_URL", "sqlite:///vemetric_auth.db"
     )
     app.config["VEMETRIC_AUTH_EXEMPT_ENDPOINTS"] = ["static"]
+    # Signs the session of the login and of the key pages' CSRF tokens. Without
+    # SECRET_KEY, a new one per process: sessions end when it stops.
+    app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or secrets.token_hex(32)
+    app.config["DEMO_PASSWORD"] = os.environ.get("DEMO_PASSWORD", "")
+    # Vemetric's limit: 100 requests a minute per project. An empty
+    # VEMETRIC_AUTH_RATE_LIMIT turns it off.
+    app.config["VEMETRIC_AUTH_RATE_LIMIT"] = (
+        os.environ.get("VEMETRIC_AUTH_RATE_LIMIT", RATE_LIMIT) or None
+    )
+    app.config["VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI"] = os.environ.get(
+        "VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI", "memory://"
+    )
     if config is not None:
         app.config.update(config)
     auth.init_app(app)
@@ -203,6 +366,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["VEMETRIC_AUTH_DATABASE_URL"]
     )
     app.register_blueprint(api)
+    app.register_blueprint(login)
+    app.register_blueprint(
+        key_pages(auth, authorize=may_manage_keys, api_url=_api_url),
+        url_prefix="/settings",
+    )
     app.cli.add_command(add_project_command)
     return app
 

@@ -941,3 +941,21 @@ def test_no_frame_of_a_failing_roll_or_activation_holds_a_key(
                 assert not key_pattern.search(safe_repr(value)), (frame, name)
     assert walked
     keys.close()
+
+
+def test_the_inline_cache_check_of_asgi_refuses_an_expired_key(
+    hasher: CountingHasher,
+) -> None:
+    """KeyManager.cached, which the ASGI middleware asks on the event loop,
+    answers as the request path does: never past the key's expiry, however
+    long cache_ttl is."""
+    keys = KeyManager(InMemoryKeyStore(), hasher=hasher, cache_ttl=3600)
+    expires_at = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+    issued = keys.create("p1", "short", expires_at=expires_at)
+    record = keys.authenticate(issued.key)
+    assert keys.cached(issued.key) == record
+    time.sleep(max(0.0, (expires_at - datetime.now(timezone.utc)).total_seconds()))
+    assert keys.cached(issued.key) is None
+    with pytest.raises(InvalidApiKey):
+        keys.authenticate(issued.key)
+    keys.close()

@@ -6,23 +6,21 @@ from typing import Any
 
 import pytest
 from conftest import CountingHasher, FlakyStore
+from contract import (
+    CHALLENGES,
+    FORMAT,
+    HEADER_CASES,
+    INVALID,
+    MALFORMED,
+    MISSING,
+    PREFLIGHT_HEADERS,
+    VALID_TEMPLATES,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client, TestResponse
 
 from vemetric_auth import ApiKeyMiddleware, InMemoryKeyStore, KeyManager, generate_key
-
-MISSING = "Missing API key. Use Authorization: Bearer <key>"
-MALFORMED = "Malformed Authorization header. Use Bearer <key>"
-FORMAT = "Invalid API key format"
-INVALID = "Invalid or revoked API key"
-
-CHALLENGES = {
-    MISSING: 'Bearer realm="vemetric"',
-    MALFORMED: 'Bearer realm="vemetric", error="invalid_request"',
-    FORMAT: 'Bearer realm="vemetric", error="invalid_token"',
-    INVALID: 'Bearer realm="vemetric", error="invalid_token"',
-}
 
 
 class Recorder:
@@ -61,46 +59,6 @@ def assert_401(response: TestResponse, message: str) -> None:
         "error": {"code": "UNAUTHORIZED", "message": message}
     }
     assert response.headers["WWW-Authenticate"] == CHALLENGES[message]
-
-
-PREFLIGHT_HEADERS = {
-    "Origin": "https://app.example",
-    "Access-Control-Request-Method": "GET",
-}
-
-KEY = "vem_" + "k" * 32  # stands for the issued key in the tables below
-
-HEADER_CASES = [
-    # case 1: missing
-    pytest.param(None, MISSING, id="no-header"),
-    pytest.param("", MISSING, id="empty"),
-    pytest.param("   ", MISSING, id="spaces"),
-    pytest.param("\t \t", MISSING, id="tabs"),
-    # case 2: malformed
-    pytest.param("Basic dXNlcjpwYXNz", MALFORMED, id="basic"),
-    pytest.param("Bearer", MALFORMED, id="bearer-alone"),
-    pytest.param("Bearer    ", MALFORMED, id="bearer-spaces"),
-    pytest.param("bearer", MALFORMED, id="bearer-lower-alone"),
-    pytest.param("Bearerx " + KEY, MALFORMED, id="longer-scheme"),
-    pytest.param("Bear " + KEY, MALFORMED, id="shorter-scheme"),
-    pytest.param("Token " + KEY, MALFORMED, id="token-scheme"),
-    pytest.param(KEY, MALFORMED, id="key-without-scheme"),
-    pytest.param("Bearer:" + KEY, MALFORMED, id="colon"),
-    pytest.param("Bearer\x0b" + KEY, MALFORMED, id="vertical-tab"),
-    # case 3: format
-    pytest.param("Bearer abc", FORMAT, id="short-token"),
-    pytest.param("Bearer vem_", FORMAT, id="marker-only"),
-    pytest.param("Bearer " + KEY[:-1], FORMAT, id="35-chars"),
-    pytest.param("Bearer " + KEY + "k", FORMAT, id="37-chars"),
-    pytest.param("Bearer " + KEY.upper(), FORMAT, id="uppercase"),
-    pytest.param("Bearer " + KEY + " extra", FORMAT, id="two-tokens"),
-    pytest.param("Bearer " + KEY[:-1] + "_", FORMAT, id="underscore"),
-    pytest.param("Bearer " + KEY[:-1] + "é", FORMAT, id="latin-1"),
-    pytest.param("Bearer Bearer " + KEY, FORMAT, id="scheme-twice"),
-    pytest.param("Bearer " + "a" * 1_000_000, FORMAT, id="one-megabyte"),
-    # case 4: invalid
-    pytest.param("Bearer vem_" + "0" * 32, INVALID, id="unknown-key"),
-]
 
 
 @pytest.mark.parametrize(("header", "message"), HEADER_CASES)
@@ -149,17 +107,7 @@ def test_revoked_key_is_case_4(
     assert_401(client.get("/", headers=headers), INVALID)
 
 
-@pytest.mark.parametrize(
-    "template",
-    [
-        pytest.param("Bearer {}", id="canonical"),
-        pytest.param("bearer {}", id="lowercase-scheme"),
-        pytest.param("BEARER {}", id="uppercase-scheme"),
-        pytest.param("bEaReR {}", id="mixed-scheme"),
-        pytest.param("  Bearer   {}  ", id="surrounding-spaces"),
-        pytest.param("Bearer\t{}\t", id="tabs"),
-    ],
-)
+@pytest.mark.parametrize("template", VALID_TEMPLATES)
 def test_valid_key_reaches_the_app_with_its_project(
     client: Client, downstream: Recorder, issued: Any, template: str
 ) -> None:
@@ -710,3 +658,59 @@ def test_the_gate_returns_the_key_and_project_and_fills_the_environ(
     with pytest.raises(InvalidApiKey):
         gate.authenticate(environ, {}.get)
     assert set(environ) == {"HTTP_AUTHORIZATION"}  # left as it was
+
+
+def test_a_preflight_answers_only_the_apps_cors_headers(flaky_keys: KeyManager) -> None:
+    """Validators, sizes and the app's own data headers would tell a client
+    without a key about a protected resource: only CORS headers go back."""
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response(
+            "200 OK",
+            [
+                ("Access-Control-Allow-Origin", "https://app.example"),
+                ("access-control-allow-methods", "GET"),
+                ("Vary", "Origin"),
+                ("Allow", "GET, OPTIONS"),
+                ("ETag", '"report-30-1700000000"'),
+                ("Last-Modified", "Tue, 14 Nov 2023 22:13:20 GMT"),
+                ("X-Total-Count", "48213"),
+                ("Link", '</v1/items?page=2>; rel="next"'),
+                ("Content-Type", "application/json"),
+                ("Set-Cookie", "session=abc"),
+            ],
+        )
+        return [SECRET_BODY]
+
+    client = Client(ApiKeyMiddleware(app, flaky_keys))
+    response = client.options("/v1/items", headers=PREFLIGHT_HEADERS)
+    assert response.status_code == 200
+    assert sorted(name.lower() for name, _ in response.headers.items()) == [
+        "access-control-allow-methods",
+        "access-control-allow-origin",
+        "allow",
+        "content-length",
+        "content-type",
+        "vary",
+    ]
+    assert response.headers["Content-Length"] == "0"
+    assert response.data == b""
+
+
+def test_a_preflight_steps_over_empty_chunks_before_the_answer_starts(
+    flaky_keys: KeyManager,
+) -> None:
+    """A generator that yields b"" before calling start_response (as PEP 3333
+    lets servers expect) still gets its status and headers answered."""
+
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        yield b""
+        yield b""
+        start_response("204 No Content", [("Access-Control-Allow-Origin", "*")])
+        yield SECRET_BODY
+
+    client = Client(ApiKeyMiddleware(app, flaky_keys))
+    response = client.options("/v1/items", headers=PREFLIGHT_HEADERS)
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.data == b""

@@ -8,10 +8,13 @@ killed, restarted, frozen) run against the session's real ``redis-server``.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -730,3 +733,89 @@ def test_a_missing_redis_skips_the_test_but_fails_it_in_ci(
     result = pytester.runpytest("-rs", "-p", "servers.plugin", "-p", "no:cacheprovider")
     result.assert_outcomes(**outcome)
     assert reason in result.stdout.str()
+
+
+# -- the in-memory counters, and fork ---------------------------------------------------
+
+
+def test_memory_counts_of_past_windows_are_dropped() -> None:
+    clock = Clock()
+    limiter = limiter_at(clock, "5/minute", by="key")
+    counts = limiter._local
+    ticker = Ticker()
+    counts._monotonic = ticker
+    for minute in range(100):
+        clock.now = T0 + 60 * minute
+        ticker.now += 60
+        for n in range(3):
+            hits(limiter, api_key(key_id=f"key_{n}"), 2)
+    # The live window's three counts, and those of the window before at most.
+    assert len(counts) <= 6
+    assert remaining(hits(limiter, api_key(key_id="key_0"), 1)) == [2]
+
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def fork_and_check(check: Callable[[], bool]) -> int:
+    """Run *check* in a forked child; return its exit status (0: true)."""
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a process that has threads.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            signal.alarm(10)  # a deadlocked child is killed, not waited for
+            code = 0 if check() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@needs_fork
+@pytest.mark.parametrize(
+    "lock",
+    [
+        pytest.param("_state_lock", id="outage-lock"),
+        pytest.param("_probe_lock", id="retry-lock"),
+        pytest.param("counts", id="counters-lock"),
+    ],
+)
+def test_a_child_forked_while_a_thread_holds_a_lock_still_limits(
+    failing: tuple[RateLimiter, FailingStorage, Ticker], lock: str
+) -> None:
+    """A pre-forking server forks while a thread of the parent is inside the
+    limiter: the child's limiter counts, notices the outage, and returns to
+    the shared storage."""
+    limiter, storage, ticker = failing
+    held = limiter._local._lock if lock == "counts" else getattr(limiter, lock)
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held:
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(10)
+
+        def check() -> bool:
+            down = hits(limiter, api_key(), 4)  # fails over: takes the locks
+            ticker.now += 10
+            storage.down = False
+            back = hits(limiter, api_key(), 1)  # the retry: back to shared
+            return (
+                allowed(down) == [True, True, True, False]
+                and limiter._down_since is None
+                and remaining(back) == [2]
+            )
+
+        status = fork_and_check(check)
+    finally:
+        release.set()
+        holder.join(10)
+    assert status == 0

@@ -20,6 +20,11 @@ The names, each a function of :data:`RUNNERS`:
 - ``flask-app``: the same for a Flask ``app.py``, served by
   ``flask --app app run`` and by gunicorn. Its project loader knows
   ``proj_1`` only: a key of another project gets 401.
+- ``fastapi-app``: the same for a FastAPI ``app.py``, served by
+  ``uvicorn app:app`` at ``/v1/project``. Its project loader knows ``proj_1``
+  only; the refusals must be the contract's JSON, never ``{"detail": ...}``.
+- ``starlette-app``: the same for a Starlette ``app.py`` behind the ASGI
+  middleware, served by ``uvicorn app:app``.
 - ``store-protocol``: the declaration of ``KeyStore``, given ``Protocol``,
   ``ApiKey`` and ``datetime``. Its methods and their signatures must be
   exactly those of ``vemetric_auth.KeyStore``.
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import http.client
 import inspect
+import json
 import os
 import re
 import runpy
@@ -325,6 +331,12 @@ def gunicorn(port: int) -> list[str]:
 Serve = dict[str, Callable[[int], list[str]]]
 
 
+def uvicorn(port: int) -> list[str]:
+    """``uvicorn app:app``, on *port* of the loopback interface."""
+    command = [sys.executable, "-m", "uvicorn", "app:app"]
+    return [*command, "--host", HOST, "--port", str(port)]
+
+
 def check_app(
     block: Block, directory: Path, serve: Serve, path: str, *, loads_projects: bool
 ) -> None:
@@ -341,7 +353,9 @@ def check_app(
         with serving(name, command(port), directory, port) as log:
             status, body = get(port, path, key)
             assert (status, b"proj_1" in body) == (200, True), (where, body)
-            assert get(port, path)[0] == 401, where
+            status, body = get(port, path)
+            assert status == 401, where
+            assert json.loads(body)["error"]["code"] == "UNAUTHORIZED", (where, body)
             assert get(port, path, "vem_" + "0" * 32)[0] == 401, where
             assert get(port, "/health")[0] == 200, where
             if loads_projects:
@@ -359,14 +373,21 @@ def check_flask_app(block: Block, directory: Path) -> None:
     check_app(block, directory, serve, "/v1/project", loads_projects=True)
 
 
+def check_asgi_app(block: Block, directory: Path) -> None:
+    serve = {"uvicorn app:app": uvicorn}
+    check_app(block, directory, serve, "/v1/project", loads_projects=True)
+
+
 RUNNERS: dict[str, Callable[[Block, Path], None]] = {
     "script": run_script,
     "wsgi-app": check_wsgi_app,
     "flask-app": check_flask_app,
+    "fastapi-app": check_asgi_app,
+    "starlette-app": check_asgi_app,
     "store-protocol": check_store_protocol,
     "store-contract": run_store_contract,
 }
-_SERVING = {"wsgi-app", "flask-app"}
+_SERVING = {"wsgi-app", "flask-app", "fastapi-app", "starlette-app"}
 
 
 # -- the tests ------------------------------------------------------------------

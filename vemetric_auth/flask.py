@@ -50,7 +50,10 @@ except ModuleNotFoundError as error:
 from ._http import (
     EXEMPT,
     PREFLIGHT,
+    RATE_LIMIT_ENVIRON_KEY,
+    RATE_LIMITED,
     RequestGate,
+    rate_limiter,
     validate_paths,
     validate_realm,
     validate_retry_after,
@@ -68,6 +71,15 @@ EXTENSION_NAME = "vemetric_auth"
 # Set on view functions by VemetricAuth.exempt. functools.wraps copies a
 # function's __dict__, so the mark survives decorators stacked above it.
 _EXEMPT_MARK = "_vemetric_auth_exempt"
+
+# The config key of each rate limit setting, named in its errors.
+_RATE_LIMIT_CONFIG = {
+    "rate_limit": "VEMETRIC_AUTH_RATE_LIMIT",
+    "storage_uri": "VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI",
+    "storage_options": "VEMETRIC_AUTH_RATE_LIMIT_STORAGE_OPTIONS",
+    "by": "VEMETRIC_AUTH_RATE_LIMIT_BY",
+    "strategy": "VEMETRIC_AUTH_RATE_LIMIT_STRATEGY",
+}
 
 _View = TypeVar("_View", bound=Callable[..., Any])
 _Loader = TypeVar("_Loader", bound=Callable[[str], Any])
@@ -129,8 +141,39 @@ class VemetricAuth:
       exactly against ``PATH_INFO`` as the middleware does; ``()``.
     - ``VEMETRIC_AUTH_EXEMPT_ENDPOINTS``: endpoints served without a key,
       such as ``"static"``; ``()``.
+    - ``VEMETRIC_AUTH_RATE_LIMIT``: the requests each project may make, in
+      the notation of the ``limits`` library (``"100/minute"``, Vemetric's),
+      or a callable taking the request's :class:`~vemetric_auth.ApiKey` and
+      returning such a string or ``None`` for no limit (tiers per project;
+      it runs in the request context, ``g.project`` already loaded);
+      ``None``: no limit. Needs the ``ratelimit`` extra.
+    - ``VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI``: where the counts live, a
+      ``limits`` storage URI; ``"memory://"`` (this process). Use a shared
+      one, such as ``"redis://host:6379"`` (the ``redis`` extra), with
+      several processes or machines.
+    - ``VEMETRIC_AUTH_RATE_LIMIT_STORAGE_OPTIONS``: keyword arguments for
+      the storage's client; none.
+    - ``VEMETRIC_AUTH_RATE_LIMIT_BY``: ``"project"`` (all keys of a project
+      together) or ``"key"``; ``"project"``.
+    - ``VEMETRIC_AUTH_RATE_LIMIT_STRATEGY``: ``"fixed-window"``,
+      ``"moving-window"`` or ``"sliding-window-counter"``;
+      ``"fixed-window"``.
 
-    The first three are not used when *keys* is given.
+    The first three are not used when *keys* is given; the rate limit
+    settings only with ``VEMETRIC_AUTH_RATE_LIMIT``. The rate limit keys are
+    read with ``app.config.get``: unlike the others, their defaults do not
+    show in ``app.config``.
+
+    With a rate limit, every authenticated request is counted, after its
+    key and project are found valid (never a refused key, an exempt view or
+    a preflight). Every response to it gets ``X-RateLimit-Limit``,
+    ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (Unix epoch
+    seconds), added by an ``after_request`` function to whatever the app
+    answers, its error responses too. Over the limit the view does not run:
+    the answer is ``429`` with ``Retry-After``, the same headers and the JSON
+    body ``RATE_LIMIT_EXCEEDED``, through the app's ``after_request``
+    functions like the ``401``. A failing shared storage is never an error:
+    each process counts in its own memory until the storage answers again.
 
     Security: the check runs as the app's first ``before_request`` function
     when :meth:`init_app` is called before the app registers its own, which
@@ -192,6 +235,16 @@ class VemetricAuth:
         exempt_paths = _config_value(
             config, "VEMETRIC_AUTH_EXEMPT_PATHS", validate_paths
         )
+        # An optional feature: its keys are read with their defaults, not set
+        # in the config of apps that do not use it.
+        limiter = rate_limiter(
+            config.get("VEMETRIC_AUTH_RATE_LIMIT"),
+            storage_uri=config.get("VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI", "memory://"),
+            storage_options=config.get("VEMETRIC_AUTH_RATE_LIMIT_STORAGE_OPTIONS"),
+            by=config.get("VEMETRIC_AUTH_RATE_LIMIT_BY", "project"),
+            strategy=config.get("VEMETRIC_AUTH_RATE_LIMIT_STRATEGY", "fixed-window"),
+            names=_RATE_LIMIT_CONFIG,
+        )
         keys = self._keys if self._keys is not None else _keys_from_config(config)
         gate = RequestGate(
             keys,
@@ -199,6 +252,7 @@ class VemetricAuth:
             retry_after=retry_after,
             exempt_paths=exempt_paths,
             allow_options=allow_options,
+            limiter=limiter,
         )
         state = _AppState(
             self,
@@ -209,6 +263,8 @@ class VemetricAuth:
         )
         app.extensions[EXTENSION_NAME] = state
         app.before_request(state.check_request)
+        if limiter is not None:
+            app.after_request(_add_rate_limit_headers)
         app.cli.add_command(_flask_commands)
 
     # -- decorators ----------------------------------------------------------
@@ -350,6 +406,12 @@ class _AppState:
         request_globals.api_key = record
         request_globals.project_id = record.project_id
         request_globals.project = project
+        if gate.limiter is not None:
+            decision = gate.rate_limit(environ, record)
+            if decision is not None and not decision.allowed:
+                # A new response, as for the 401s; it carries the
+                # X-RateLimit-* headers already.
+                return RATE_LIMITED.response(decision)
         return None
 
     def _exempt_view(self, req: Request) -> bool:
@@ -374,6 +436,19 @@ class _AppState:
             if blueprint is not None and any(blueprint is bp for bp in exempt):
                 return True
         return False
+
+
+def _add_rate_limit_headers(response: Response) -> Response:
+    """The ``after_request`` function of an app with a rate limit: the
+    request's ``X-RateLimit-*`` headers on whatever the app answered."""
+    decision = request.environ.get(RATE_LIMIT_ENVIRON_KEY)
+    # A refused request's 429 has them already.
+    if decision is not None and decision.allowed:
+        add = response.headers.add
+        # One add each: Headers.extend costs twice as much for three headers.
+        for name, value in decision.headers:
+            add(name, value)
+    return response
 
 
 # -- config ------------------------------------------------------------------
@@ -433,3 +508,6 @@ def _flask_commands(ctx: click.Context) -> None:
 
 for _command in COMMANDS:
     _flask_commands.add_command(_command)
+
+
+from .pages import key_pages as key_pages  # noqa: E402  (exported beside VemetricAuth)

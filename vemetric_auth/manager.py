@@ -33,7 +33,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .hashing import default_hasher
-from .keys import display_prefix, generate_key, is_valid_format
+from .keys import KEY_LENGTH, display_prefix, generate_key, is_valid_format
 from .records import (
     ApiKey,
     IssuedKey,
@@ -449,7 +449,7 @@ class KeyManager:
             self._activate(state, shown=False)
         return issued
 
-    def activate(self, issued: IssuedKey | str) -> ApiKey:
+    def activate(self, issued: IssuedKey | str, *, shown: bool = True) -> ApiKey:
         """Make a key created or rolled with ``pending=True`` work.
 
         For a pending :meth:`create`, the key gets its expiry; for a pending
@@ -460,6 +460,12 @@ class KeyManager:
 
         :param issued: What :meth:`create` or :meth:`roll` returned, or the
             new key's id.
+        :param shown: Whether the key has reached its owner already. Pass
+            ``False`` when it is ready but not yet delivered (a page rendered
+            and not sent, which is answered with an error instead if this
+            fails): then any failure revokes the new key, and an activation
+            the store lands after :attr:`store_timeout` is undone, as for a
+            key nobody saw.
         :returns: The new key's record as it is now.
         :raises ValueError: the key is not pending in this manager (never
             was, activated already, or revoked since); for a roll, the old key
@@ -469,8 +475,9 @@ class KeyManager:
         :raises StoreUnavailable: the store failed or did not answer within
             :attr:`store_timeout`, or the manager is closed. The activation
             may or may not have happened (for a roll: both changes or
-            neither), and may still happen if the store answers late; as the
-            key was shown, it is left so: :meth:`get` tells.
+            neither), and may still happen if the store answers late; a key
+            that was *shown* is left so (:meth:`get` tells), one that was not
+            is undone.
         """
         if isinstance(issued, IssuedKey):
             key_id = issued.record.id
@@ -482,7 +489,7 @@ class KeyManager:
             raise ValueError(
                 f"key {key_id} is not pending activation in this KeyManager"
             )
-        return self._activate(state, shown=True)
+        return self._activate(state, shown=shown)
 
     def _activate(self, state: _Pending, *, shown: bool) -> ApiKey:
         """Activate *state*'s key; *shown*: its caller has shown it already.
@@ -817,6 +824,35 @@ class KeyManager:
         del key
         self._refuse_if_closed()
         return self._verifier.verify(secret, digest)
+
+    def cached(self, key: str) -> ApiKey | None:
+        """Return the record of *key* if this manager verified it lately and
+        its cache entry is still fresh; ``None`` otherwise.
+
+        Never waits: no store, no argon2, no lock. It is what an event loop
+        may ask inline before it hands :meth:`authenticate` to a thread.
+        ``None`` says nothing of the key (unknown, stale, not of the format,
+        or the manager closed): only :meth:`authenticate` decides.
+        """
+        # Only keys of the format are ever cached: anything else of their
+        # length misses (no regular expression needed), and lone surrogates
+        # cannot be encoded.
+        if type(key) is not str or len(key) != KEY_LENGTH:
+            return None
+        try:
+            digest = hashlib.sha256(key.encode()).digest()
+        except UnicodeEncodeError:
+            return None
+        entry = self._cache.get(digest)
+        if entry is not None:
+            # As on the request path: expiry and cache_ttl in one comparison,
+            # and the key's last use stamped when due.
+            now = time.monotonic()
+            if now < entry.fresh_until:
+                if now >= entry.stamp_due:
+                    self._last_use.hit(entry, now)
+                return entry.record
+        return None
 
     def _authenticate_token(self, key: str) -> ApiKey:
         """:meth:`authenticate` for a key known to be of the format: the token

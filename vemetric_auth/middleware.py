@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,12 @@ from ._http import (
     PREFLIGHT,
     PROJECT_ENVIRON_KEY,
     PROJECT_ID_ENVIRON_KEY,
+    RATE_LIMIT_ENVIRON_KEY,
+    RATE_LIMITED,
     RequestGate,
+    preflight_header,
+    rate_limiter,
+    with_rate_limit_headers,
 )
 from .errors import AuthError
 from .manager import KeyManager
@@ -19,10 +25,13 @@ from .manager import KeyManager
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from .ratelimit import CountBy, Strategy, TierFunction
+
 __all__ = [
     "API_KEY_ENVIRON_KEY",
     "PROJECT_ENVIRON_KEY",
     "PROJECT_ID_ENVIRON_KEY",
+    "RATE_LIMIT_ENVIRON_KEY",
     "ApiKeyMiddleware",
 ]
 
@@ -60,17 +69,56 @@ class ApiKeyMiddleware:
         exists, and the request is refused as with an invalid key (``401``,
         case 4). An :class:`~vemetric_auth.AuthError` it raises is answered
         as such (``StoreUnavailable``: ``503``); other exceptions propagate.
+    :param rate_limit: Limit the requests of each project (SPEC section 8):
+        a limit in the notation of the ``limits`` library, such as
+        ``"100/minute"`` (Vemetric's), or a callable that takes the request's
+        :class:`~vemetric_auth.ApiKey` and returns such a string, or ``None``
+        for no limit (tiers per project). ``None``, the default: no limit.
+        Needs the ``ratelimit`` extra.
+    :param rate_limit_storage: Where the counts live, as a ``limits``
+        storage URI: ``"memory://"`` (this process) or a shared one such as
+        ``"redis://host:6379"`` (the ``redis`` extra) for several processes
+        and machines.
+    :param rate_limit_by: ``"project"`` counts the requests of all keys of a
+        project together; ``"key"`` counts each key on its own.
+    :param rate_limit_strategy: ``"fixed-window"`` (Vemetric's, one storage
+        call per request), ``"moving-window"`` or
+        ``"sliding-window-counter"``.
+    :param rate_limit_storage_options: Keyword arguments for the storage's
+        client (see :class:`~vemetric_auth.ratelimit.RateLimiter`).
+
+    With a rate limit, a request with a valid key (and project) is counted
+    once it is authenticated; refused keys, exempt paths and preflights are
+    never counted. Every answer to a counted request carries
+    ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``
+    (Unix epoch seconds), appended to the application's own headers; the
+    decision is in the environ entry ``vemetric_auth.rate_limit``. A request
+    over the limit gets ``429`` with ``Retry-After``, those three headers and
+    the JSON body ``RATE_LIMIT_EXCEEDED``, and the application is not called.
+    When a shared storage fails, each process goes on counting in its own
+    memory until it answers again: never an error answer.
 
     .. code-block:: python
 
         from vemetric_auth import ApiKeyMiddleware, KeyManager, SQLKeyStore
 
         keys = KeyManager(SQLKeyStore("sqlite:///vemetric_auth.db"))
-        app = ApiKeyMiddleware(app, keys, exempt_paths=["/health"])
+        app = ApiKeyMiddleware(
+            app,
+            keys,
+            exempt_paths=["/health"],
+            rate_limit="100/minute",
+            rate_limit_storage="redis://localhost:6379",
+        )
 
     Security: the application's own status, headers, body and exceptions pass
-    through untouched; only the credential check can end a request here, and
-    a failing store never lets a request through.
+    through untouched; only the credential check and the rate limit can end a
+    request here, and a failing store never lets a request through.
+
+    :raises TypeError, ValueError: an argument is wrong (a rate limit
+        setting's message starts with its parameter's name).
+    :raises ImportError: a rate limit without ``limits`` installed, or a
+        storage whose client library is missing.
     """
 
     def __init__(
@@ -83,6 +131,11 @@ class ApiKeyMiddleware:
         allow_options: bool = True,
         retry_after: int = 5,
         project_loader: Callable[[str], object] | None = None,
+        rate_limit: str | TierFunction | None = None,
+        rate_limit_storage: str = "memory://",
+        rate_limit_by: CountBy = "project",
+        rate_limit_strategy: Strategy = "fixed-window",
+        rate_limit_storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
@@ -93,6 +146,13 @@ class ApiKeyMiddleware:
             retry_after=retry_after,
             exempt_paths=exempt_paths,
             allow_options=allow_options,
+            limiter=rate_limiter(
+                rate_limit,
+                storage_uri=rate_limit_storage,
+                storage_options=rate_limit_storage_options,
+                by=rate_limit_by,
+                strategy=rate_limit_strategy,
+            ),
         )
 
     def __call__(
@@ -102,9 +162,17 @@ class ApiKeyMiddleware:
         passage = gate.passage(environ)
         if passage is None:
             try:
-                gate.authenticate(environ, self.project_loader)
+                record, _ = gate.authenticate(environ, self.project_loader)
             except AuthError as error:
                 return gate.answer(error)(environ, start_response)
+            if gate.limiter is not None:
+                decision = gate.rate_limit(environ, record)
+                if decision is not None:
+                    if not decision.allowed:
+                        return RATE_LIMITED.serve(decision, environ, start_response)
+                    start_response = with_rate_limit_headers(
+                        start_response, decision.headers
+                    )
         elif passage is PREFLIGHT:
             return _headers_only(self.app, environ, start_response)
         return self.app(environ, start_response)
@@ -113,11 +181,12 @@ class ApiKeyMiddleware:
 def _headers_only(
     app: WSGIApplication, environ: WSGIEnvironment, start_response: StartResponse
 ) -> Iterable[bytes]:
-    """Answer *app*'s status and headers to a request, never its body.
+    """Answer *app*'s status and CORS headers to a request, never its body.
 
-    The body is not read beyond the first step an application may need to
-    call ``start_response`` (a generator), and is closed. ``Content-Length``
-    becomes ``0`` (or goes, on a ``204``): nothing follows the headers.
+    The body is not read beyond the first steps an application may need to
+    call ``start_response`` (a generator), and is closed. Only the headers
+    :func:`~vemetric_auth._http.preflight_header` allows go back, and
+    ``Content-Length: 0`` (none on a ``204``): nothing follows the headers.
 
     :raises RuntimeError: *app* never called ``start_response``.
     """
@@ -138,8 +207,12 @@ def _headers_only(
     body = app(environ, capture)
     try:
         if not started:
-            for _ in body:
-                break
+            # A generator may yield empty chunks before it starts its answer
+            # (PEP 3333 servers wait for the first non-empty one); a few are
+            # stepped over, never the body itself.
+            for chunk in itertools.islice(body, _EMPTY_CHUNKS):
+                if started or chunk:
+                    break
     finally:
         close = getattr(body, "close", None)
         if close is not None:
@@ -147,15 +220,17 @@ def _headers_only(
     if not started:
         raise RuntimeError("the application did not call start_response")
     status, headers = started
-    headers = [
-        (name, value) for name, value in headers if name.lower() != "content-length"
-    ]
+    headers = [(name, value) for name, value in headers if preflight_header(name)]
     # RFC 9110 8.6: no Content-Length on a 1xx or 204 answer (nor on a 304,
     # where it would describe another response's body).
     if not status.startswith(("1", "204", "304")):
         headers.append(("Content-Length", "0"))
     start_response(status, headers)
     return []
+
+
+# Empty chunks stepped over before an application's answer has started.
+_EMPTY_CHUNKS = 8
 
 
 def _discard(data: bytes) -> None:

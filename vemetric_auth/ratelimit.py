@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
+from heapq import heappop, heappush
 from math import ceil
 from operator import attrgetter
 from typing import (
@@ -40,6 +41,7 @@ from typing import (
 from urllib.parse import urlsplit
 
 from ._extras import install_hint
+from ._fork import reset_in_child
 
 try:
     from limits import RateLimitItem
@@ -254,6 +256,45 @@ _BACKENDS: Final = {
     "mongodb+srv": _MONGODB,
 }
 
+
+class _WindowCounts:
+    """Fixed-window counters in this process's memory, with the ``incr`` of a
+    ``limits`` storage: the fixed window's ``memory://`` storage, and every
+    storage's fallback.
+
+    ``limits``' ``MemoryStorage`` checks expiry, a timer thread and a lock per
+    key on every call (over 1 µs); a fixed window needs only a count per key,
+    since the key names its window. A plain dict under one
+    ``threading.Lock``: a count is dropped once its expiry has passed, when a
+    later new key is counted, so memory holds the live windows only.
+    """
+
+    __slots__ = ("_counts", "_expiries", "_lock", "_monotonic")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        # (monotonic deadline, key), the soonest first.
+        self._expiries: list[tuple[float, str]] = []
+        self._monotonic: Callable[[], float] = time.monotonic  # a test hook
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def incr(self, key: str, expiry: int) -> int:
+        """Add 1 to *key*'s count and return it; a new key lives *expiry* s."""
+        with self._lock:
+            count = self._counts.get(key, 0) + 1
+            self._counts[key] = count
+            if count == 1:
+                now = self._monotonic()
+                expiries = self._expiries
+                heappush(expiries, (now + expiry, key))
+                while expiries[0][0] <= now:
+                    self._counts.pop(heappop(expiries)[1], None)
+        return count
+
+
 # What a call on a storage side returns: the count (fixed window), or
 # (allowed, remaining, reset as epoch seconds) for limits' strategies.
 _T = TypeVar("_T")
@@ -337,40 +378,22 @@ class RateLimiter:
         by: CountBy = "project",
         strategy: Strategy = "fixed-window",
     ) -> None:
-        if by not in _BY:
-            raise ValueError(
-                f"by must be 'project' or 'key', not {by!r}"
-                if isinstance(by, str)
-                else f"by must be 'project' or 'key', not {type(by).__name__}"
-            )
-        if strategy not in STRATEGIES:
-            names = ", ".join(repr(name) for name in sorted(STRATEGIES))
-            raise ValueError(f"strategy must be one of {names}, not {strategy!r}")
-        self._by: CountBy = by
-        self._strategy_name: Strategy = strategy
+        self._by: CountBy = _check_by(by)
+        self._strategy_name: Strategy = _check_strategy(strategy)
         self._ident: Callable[[ApiKey], str] = _BY[by]
         self._fixed: _Limit | None = None
         self._tiers: TierFunction | None = None
         self._parsed: dict[str, _Limit] = {}
-        if isinstance(rate_limit, str):
-            self._fixed = _parse_limit(rate_limit, by)
-        elif callable(rate_limit):
-            self._tiers = rate_limit
+        limit = _check_rate_limit(rate_limit, by)
+        if isinstance(limit, _Limit):
+            self._fixed = limit
         else:
-            raise TypeError(
-                "rate_limit must be a limit such as '100/minute' or a callable "
-                f"taking an ApiKey, not {type(rate_limit).__name__}"
-            )
+            self._tiers = limit
 
         self._uri, self._scheme, backend = _check_storage_uri(storage_uri)
-        if storage_options is not None and not isinstance(storage_options, Mapping):
-            raise TypeError(
-                "storage_options must be a mapping of keyword arguments, not "
-                f"{type(storage_options).__name__}"
-            )
         self._options: dict[str, Any] = {
             **backend.defaults(),
-            **(storage_options or {}),
+            **_check_storage_options(storage_options),
         }
         self._fixed_window = strategy == "fixed-window"
 
@@ -385,8 +408,9 @@ class RateLimiter:
         self._down_since: float | None = None
         self._retry_at = 0.0
 
-        self._local = self._side(MemoryStorage())
+        self._local = self._new_local()
         self._shared: Any = None
+        reset_in_child(self)
         if self._scheme == "memory":
             # Memory never fails: it is its own fallback.
             self._shared = self._local
@@ -438,7 +462,13 @@ class RateLimiter:
             # the processes sharing it say.
             period = limit.period
             window = int(now // period)
-            count = self._count(_incr, f"{limit.prefix}{ident}/{window}", period)
+            key = f"{limit.prefix}{ident}/{window}"
+            shared = self._shared
+            if shared is self._local:
+                # memory:// never fails: no fallback to go through.
+                count = shared.incr(key, period)
+            else:
+                count = self._count(_incr, key, period)
             allowed = count <= amount
             remaining = amount - count if count < amount else 0
             reset = (window + 1) * period
@@ -488,6 +518,23 @@ class RateLimiter:
         return call(self._local, first, second)
 
     # -- the shared storage and its outages --------------------------------
+
+    def _new_local(self) -> Any:
+        if self._fixed_window:
+            return _WindowCounts()
+        return self._side(MemoryStorage())
+
+    def _after_fork(self) -> None:
+        # Another thread of the parent may have held these locks (or those of
+        # the in-memory counters) at the fork: the child's would stay held.
+        # The counts in memory are the parent's own, so the child starts
+        # afresh; a shared storage's client reconnects by itself.
+        self._state_lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        memory = self._shared is self._local
+        self._local = self._new_local()
+        if memory:
+            self._shared = self._local
 
     def _build_storage(self) -> Storage:
         storage = storage_from_string(self._uri, **self._options)
@@ -565,6 +612,57 @@ class RateLimiter:
             f"RateLimiter({limit!r}, storage={self._scheme}://, by={self._by!r}, "
             f"strategy={self._strategy_name!r})"
         )
+
+
+# The checks of RateLimiter's arguments, one function each, so that an
+# integration can name its own setting in the message (a Flask config key).
+
+
+def _check_by(by: object) -> CountBy:
+    """:raises ValueError: *by* is not ``"project"`` nor ``"key"``."""
+    if by not in _BY:
+        raise ValueError(
+            f"by must be 'project' or 'key', not {by!r}"
+            if isinstance(by, str)
+            else f"by must be 'project' or 'key', not {type(by).__name__}"
+        )
+    return cast(CountBy, by)
+
+
+def _check_strategy(strategy: object) -> Strategy:
+    """:raises ValueError: *strategy* is not one of ``limits``' strategies."""
+    if strategy not in STRATEGIES:
+        names = ", ".join(repr(name) for name in sorted(STRATEGIES))
+        raise ValueError(f"strategy must be one of {names}, not {strategy!r}")
+    return cast(Strategy, strategy)
+
+
+def _check_rate_limit(rate_limit: object, by: str) -> _Limit | TierFunction:
+    """Return the parsed limit, or the tier callable as it is.
+
+    :raises TypeError: neither a string nor a callable.
+    :raises ValueError: an invalid limit string.
+    """
+    if isinstance(rate_limit, str):
+        return _parse_limit(rate_limit, by)
+    if callable(rate_limit):
+        return cast("TierFunction", rate_limit)
+    raise TypeError(
+        "rate_limit must be a limit such as '100/minute' or a callable "
+        f"taking an ApiKey, not {type(rate_limit).__name__}"
+    )
+
+
+def _check_storage_options(options: object) -> Mapping[str, Any]:
+    """:raises TypeError: *options* is neither None nor a mapping."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            "storage_options must be a mapping of keyword arguments, not "
+            f"{type(options).__name__}"
+        )
+    return options
 
 
 def _check_storage_uri(uri: object) -> tuple[str, str, _Backend]:
