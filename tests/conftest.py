@@ -6,8 +6,10 @@ plugin in ``tests/servers/``.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
@@ -51,17 +53,46 @@ class CountingHasher(PasswordHasher):
         return super().hash(password, salt=salt)
 
 
-@pytest.fixture(autouse=True)
-def _last_use_stays_in_its_test() -> Iterator[None]:
-    """Last-use stamps a test's managers have not written when it ends are
-    dropped: no background write reaches a store the test closed, later in
-    another test or at exit. (Tests of last use close their managers.)"""
-    yield
+#: The managers made by the running test (its setup included), for the
+#: teardown below; managers made at import, shared by a module, are not.
+_MANAGERS: weakref.WeakSet[KeyManager] = weakref.WeakSet()
+_in_a_test = False
+_manager_init = KeyManager.__init__
+
+
+@functools.wraps(_manager_init)
+def _recorded_init(self: KeyManager, *args: Any, **kwargs: Any) -> None:
+    _manager_init(self, *args, **kwargs)
+    if _in_a_test:
+        _MANAGERS.add(self)
+
+
+KeyManager.__init__ = _recorded_init  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _in_a_test
+    _in_a_test = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """A test's managers are closed before its fixtures are torn down, so that
+    no background thread of theirs (change feed reader, last-use writer, store
+    call) reaches a store the fixtures close, later in another test or at
+    exit. Last-use stamps not yet written are dropped first: tests of last use
+    close their managers themselves. No manager outlives a test."""
     from vemetric_auth import _last_use
 
     for last_use in list(_last_use._OPEN):
         with last_use._lock:
             last_use._pending.clear()
+    global _in_a_test
+    _in_a_test = False
+    for manager in list(_MANAGERS):
+        manager.close()
+    _MANAGERS.clear()
 
 
 @pytest.fixture
