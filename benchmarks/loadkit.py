@@ -380,11 +380,15 @@ def running_server(
     workers: int = 2,
     threads: int = 4,
     startup_timeout: float = 60.0,
+    pythonpath: str | None = None,
 ) -> Iterator[ServerProcess]:
     """Run :func:`server_app` under *kind* (``"gunicorn"`` or ``"werkzeug"``)
     on a free loopback port until the block ends; the server is stopped,
     killed if need be, whatever happens. Without *rate_limit*, no rate limit;
     with *flask_limiter*, Flask-Limiter enforces it rather than vemetric-auth.
+    *pythonpath*, a directory, comes first on the server's ``PYTHONPATH``:
+    one holding another ``vemetric_auth`` (say, an older commit's) is served
+    instead of this one.
 
     Ready means: listening, every gunicorn worker booted, ``/health`` answered.
     """
@@ -412,6 +416,10 @@ def running_server(
         env[_RATE_LIMIT_STORAGE_ENV] = rate_limit_storage
     if flask_limiter:
         env[_FLASK_LIMITER_ENV] = "1"
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [pythonpath, *filter(None, [env.get("PYTHONPATH")])]
+        )
     env["PYTHONUNBUFFERED"] = "1"
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{kind}-{os.urandom(4).hex()}.log"
