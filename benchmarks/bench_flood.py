@@ -26,7 +26,13 @@ are answered; meanwhile one legitimate client sends its one key in a loop,
 each request on a new connection (so that both workers serve it). Printed:
 the legitimate requests, their answers by status (those not 200 are the
 figure), their p50/p99 latency, the attackers' requests a second and their
-answers, the load average and the CPU the server and the client used. With
+answers, the load average and the CPU the server and the client used; and,
+from each worker twice a second, the age of its last read of the change
+feed (an entry stale past ``cache_ttl`` is served while that age is below
+``cache_ttl``) and whether its key store's connection pool was all checked
+out. ``--db-latency MS`` makes every SQL statement of the server wait that
+long before it is sent (a database a network away, or one slowed by the
+flood): on a local PostgreSQL the server's CPU fills before the store. With
 ``--before REF``, the server runs the package of commit *REF* first (put
 first on its ``PYTHONPATH``), then this one, on the same PostgreSQL.
 
@@ -392,6 +398,7 @@ def server_flood(
     ramp: float = 3.0,
     timeout: float = 30.0,
     package: str | None = None,
+    db_latency: float | None = None,
 ) -> dict[str, Any]:
     """The random-key flood on gunicorn over *database_url* (``cache_ttl=1``),
     serving the ``vemetric_auth`` found in directory *package* if given."""
@@ -428,6 +435,8 @@ def server_flood(
         workers=workers,
         threads=threads,
         pythonpath=package,
+        db_latency=db_latency,
+        watch=True,
     ) as server:
         port = server.port
         pids = server.booted_workers()
@@ -445,6 +454,7 @@ def server_flood(
             cpu_before = sum(cpu_seconds(pid) for pid in pids)
             client_before = time.process_time()
             flood.measure()
+            log_from = len(server.log())
             started = time.monotonic()
             halfway = started + seconds / 2
             while time.monotonic() < started + seconds:
@@ -465,11 +475,18 @@ def server_flood(
         finally:
             flood.stop()
         restarted = len(server.booted_workers()) - workers
+        during = server.log()[log_from:]
+        # gunicorn's own lines start with "[time]"; the library's warnings
+        # reach stderr bare (Python's last-resort handler).
         log_lines = Counter(
-            line.split("] ", 1)[-1][:160]
-            for line in server.log().splitlines()
-            if "WARNING" in line or "ERROR" in line or "Traceback" in line
+            line[:160]
+            for line in during.splitlines()
+            if not line.startswith("[") and not loadkit.WATCH_LINE.match(line)
         )
+        watched = [
+            (float(age), int(out), int(size))
+            for _, age, out, size in loadkit.WATCH_LINE.findall(during)
+        ]
     attackers = flood.answers
     return {
         "legit": dict(answers),
@@ -485,6 +502,9 @@ def server_flood(
         "client_cpu": client_cpu / elapsed,
         "restarted_workers": restarted,
         "server_log": dict(log_lines.most_common(5)),
+        "feed_ages": [age for age, _, _ in watched if age >= 0],
+        "pool_full": sum(out >= size for _, out, size in watched),
+        "pool_samples": len(watched),
     }
 
 
@@ -505,6 +525,8 @@ def run_server(args: argparse.Namespace) -> None:
         f"gunicorn gthread {args.workers} workers x {threads} threads, PostgreSQL, "
         f"cache_ttl=1; {args.clients} attacker connections, {args.seconds:.0f} s"
     )
+    if args.db_latency:
+        setting += f"; {args.db_latency:g} ms added to every SQL statement"
     with tempfile.TemporaryDirectory() as tmp, PostgresServer() as postgres:
         runs: list[tuple[str, str | None]] = []
         if args.before:
@@ -524,6 +546,7 @@ def run_server(args: argparse.Namespace) -> None:
                 workers=args.workers,
                 threads=threads,
                 package=package,
+                db_latency=args.db_latency / 1000 if args.db_latency else None,
             )
             show_server(f"{label}: {setting}; serving {served}", result)
 
@@ -570,6 +593,20 @@ def show_server(label: str, r: dict[str, Any]) -> None:
         f"workers {r['server_cpu']:.2f} cores, client {r['client_cpu']:.2f} "
         f"cores; workers restarted: {r['restarted_workers']}"
     )
+    ages = r["feed_ages"]
+    if ages:
+        late = sum(age >= 1.0 for age in ages)
+        print(
+            f"  change feed last read: median {statistics.median(ages):.2f} s ago, "
+            f"max {max(ages):.2f} s; older than cache_ttl (1 s) in {late} of "
+            f"{len(ages)} samples"
+        )
+    else:
+        print("  change feed: not read by this package's manager")
+    print(
+        f"  key store's connection pool all checked out in {r['pool_full']} of "
+        f"{r['pool_samples']} samples"
+    )
     for line, count in r["server_log"].items():
         print(f"  server log x{count}: {line}")
 
@@ -608,6 +645,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=600, help="with --server")
     parser.add_argument("--seconds", type=float, default=25.0, help="with --server")
     parser.add_argument("--workers", type=int, default=2, help="with --server")
+    parser.add_argument(
+        "--db-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="with --server: milliseconds added to every SQL statement",
+    )
     parser.add_argument(
         "--threads",
         type=int,
