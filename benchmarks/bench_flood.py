@@ -481,7 +481,9 @@ def server_flood(
         log_lines = Counter(
             line[:160]
             for line in during.splitlines()
-            if not line.startswith("[") and not loadkit.WATCH_LINE.match(line)
+            if line.strip()
+            and not line.startswith("[")
+            and not loadkit.WATCH_LINE.match(line)
         )
         watched = [
             (float(age), int(out), int(size))
