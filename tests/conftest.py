@@ -53,21 +53,33 @@ class CountingHasher(PasswordHasher):
         return super().hash(password, salt=salt)
 
 
-#: The managers made by the running test (its setup included), for the
-#: teardown below; managers made at import, shared by a module, are not.
-_MANAGERS: weakref.WeakSet[KeyManager] = weakref.WeakSet()
+#: Whether a test runs (its setup included): what it makes is recorded for
+#: the teardown below; what is made at import, shared by a module, is not.
 _in_a_test = False
-_manager_init = KeyManager.__init__
 
 
-@functools.wraps(_manager_init)
-def _recorded_init(self: KeyManager, *args: Any, **kwargs: Any) -> None:
-    _manager_init(self, *args, **kwargs)
-    if _in_a_test:
-        _MANAGERS.add(self)
+def _recorded(cls: Any) -> weakref.WeakSet[Any]:
+    """Record each instance of *cls* made while a test runs."""
+    made: weakref.WeakSet[Any] = weakref.WeakSet()
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def recorded_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if _in_a_test:
+            made.add(self)
+
+    cls.__init__ = recorded_init
+    return made
 
 
-KeyManager.__init__ = _recorded_init  # type: ignore[method-assign]
+_MANAGERS = _recorded(KeyManager)
+try:
+    from vemetric_auth.stores.sql import SQLKeyStore
+except ImportError:  # no SQLAlchemy: no SQL store to record
+    _SQL_STORES: weakref.WeakSet[Any] = weakref.WeakSet()
+else:
+    _SQL_STORES = _recorded(SQLKeyStore)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -78,21 +90,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> None:
-    """A test's managers are closed before its fixtures are torn down, so that
-    no background thread of theirs (change feed reader, last-use writer, store
-    call) reaches a store the fixtures close, later in another test or at
-    exit. Last-use stamps not yet written are dropped first: tests of last use
-    close their managers themselves. No manager outlives a test."""
+    """A test's managers are closed before its fixtures are torn down, then
+    its SQL stores (again, if the test closed them while a manager still
+    read them): no background thread of a manager (change feed reader,
+    last-use writer, store call) reaches a store after the test, and no
+    connection it opened outlives the test. Last-use stamps not yet written
+    are dropped first: tests of last use close their managers themselves."""
     from vemetric_auth import _last_use
 
+    global _in_a_test
+    _in_a_test = False
     for last_use in list(_last_use._OPEN):
         with last_use._lock:
             last_use._pending.clear()
-    global _in_a_test
-    _in_a_test = False
     for manager in list(_MANAGERS):
         manager.close()
     _MANAGERS.clear()
+    for store in list(_SQL_STORES):
+        store.close()
+    _SQL_STORES.clear()
 
 
 @pytest.fixture

@@ -9,10 +9,12 @@ fail or slow down, so the manager's side can be tested against each.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 from datetime import datetime
+from collections.abc import Iterator
 from typing import Any
 
 from vemetric_auth import ApiKey, InMemoryKeyStore
@@ -55,10 +57,22 @@ class FeedStore(InMemoryKeyStore):
         does); otherwise ``None`` (the feed is polled).
     :param delay: Seconds each call of the key store sleeps first (outside
         any lock): a slow database. The feed is not slowed.
+    :param connections: Calls at once, the feed's included, as a pool of
+        database connections allows (``None``: any number). A call that finds
+        none free within 5 s raises OSError, as a pool's timeout does.
     """
 
-    def __init__(self, *, listening: bool = False, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        listening: bool = False,
+        delay: float = 0.0,
+        connections: int | None = None,
+    ) -> None:
         super().__init__()
+        self._pool = (
+            None if connections is None else threading.BoundedSemaphore(connections)
+        )
         self.listening = listening
         self.delay = delay
         #: Every call of the feed raises OSError while set.
@@ -80,6 +94,8 @@ class FeedStore(InMemoryKeyStore):
 
     def changes_since(self, cursor: int | None) -> Changes:
         self._count("changes_since")
+        with self._connection():
+            pass
         if self.feed_failing:
             raise OSError("change log unreadable")
         with self._changed:
@@ -110,10 +126,23 @@ class FeedStore(InMemoryKeyStore):
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
 
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[None]:
+        if self._pool is None:
+            yield
+            return
+        if not self._pool.acquire(timeout=5):
+            raise OSError("no connection free in the pool")
+        try:
+            yield
+        finally:
+            self._pool.release()
+
     def _enter(self, name: str) -> None:
         self._count(name)
         if self.delay:
-            time.sleep(self.delay)
+            with self._connection():
+                time.sleep(self.delay)
         self.hanging.wait(60)
         if self.failing:
             raise OSError("key store is down")

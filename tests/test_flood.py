@@ -127,6 +127,63 @@ def test_a_random_key_flood_on_a_slow_store_never_fails_a_known_key(
         keys.close()
 
 
+def test_a_random_key_flood_leaves_pooled_connections_to_known_keys_and_the_feed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store with 15 connections (SQLAlchemy's default pool: 5 and 10
+    more): the lookups of unknown keys never take them all, so the feed keeps
+    being read and a known key keeps being answered."""
+    monkeypatch.setattr(ChangeFeed, "_interval", 0.1)
+    store = FeedStore(delay=0.05, connections=15)
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=0.2)
+    try:
+        legit = keys.create("p1", "legit")
+        assert keys.authenticate(legit.key) == legit.record
+        answers: Counter[str] = Counter()
+
+        def attack(rng: random.Random) -> None:
+            keys.authenticate(random_key(rng))
+
+        with Flood(300, attack):
+            time.sleep(0.5)
+            reads = store.calls["changes_since"]
+            stop = time.monotonic() + 3.0
+            while time.monotonic() < stop:
+                try:
+                    keys.authenticate(legit.key)
+                    answers["200"] += 1
+                except StoreUnavailable:
+                    answers["503"] += 1
+                time.sleep(0.02)
+            # Read about ten times a second all along.
+            assert store.calls["changes_since"] - reads >= 10
+        assert answers["503"] == 0, answers
+        assert answers["200"] >= 20, answers
+    finally:
+        keys.close()
+
+
+def test_the_sql_stores_pool_has_a_connection_for_each_store_call_of_a_manager(
+    tmp_path: Any,
+) -> None:
+    """Every thread a manager may call the store on at once finds a
+    connection without waiting for a lookup of an unknown key to end."""
+    from vemetric_auth import _store_calls
+    from vemetric_auth.stores.sql import SQLKeyStore
+
+    store = SQLKeyStore(f"sqlite:///{tmp_path / 'keys.db'}")
+    try:
+        pool: Any = store._engine.pool
+        at_once = (
+            _store_calls._LOOKUP_THREADS
+            + 2 * _store_calls._KNOWN_THREADS  # request re-reads, background
+            + 1  # the feed's reader
+        )
+        assert pool.size() + pool._max_overflow >= at_once
+    finally:
+        store.close()
+
+
 def slow_hasher() -> PasswordHasher:
     """About 10 to 40 ms a run: fairness shows against the queue."""
     return CountingHasher(

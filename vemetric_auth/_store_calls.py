@@ -20,8 +20,10 @@ logger = logging.getLogger("vemetric_auth")
 _T = TypeVar("_T")
 # Threads for lookups of keys this process has not verified (first uses): as
 # many as this may be waiting on a database at once; more wait their turn
-# within the timeout.
-_LOOKUP_THREADS = 16
+# within the timeout. Fewer than a connection pool holds (SQLAlchemy's
+# default: 15), so that a flood of lookups never takes every connection from
+# the re-reads of known keys and the change feed.
+_LOOKUP_THREADS = 8
 # Lookups that may wait for one of those threads; past that, 503 at once.
 _LOOKUP_BACKLOG = 256
 # Threads for every other call: re-reads of keys this process verified,
@@ -52,6 +54,7 @@ class StoreCalls:
         #: Whether :meth:`stop` was called.
         self.closed = False
         self._lookups: Workers | None = None
+        self._lookups_warned_at = -float("inf")
         self._known: Workers | None = None
         if timeout is not None:
             self._lookups = Workers(
@@ -110,10 +113,30 @@ class StoreCalls:
         except (Closed, CancelledError) as exc:
             # Closed before the call started: the store was never asked.
             raise StoreUnavailable("this KeyManager is closed") from exc
+        except TimeoutError as exc:
+            if lookup:
+                # A flood of unknown keys makes thousands of these a second.
+                self._warn_lookups_busy()
+            elif not quiet:
+                logger.warning("key store failed while %s", doing, exc_info=True)
+            raise StoreUnavailable() from exc
         except Exception as exc:
             if not quiet:
                 logger.warning("key store failed while %s", doing, exc_info=True)
             raise StoreUnavailable() from exc
+
+    def _warn_lookups_busy(self) -> None:
+        # Once a minute at most. (No lock: two threads logging it at once is
+        # no harm.)
+        now = time.monotonic()
+        if now < self._lookups_warned_at + 60.0:
+            return
+        self._lookups_warned_at = now
+        logger.warning(
+            "the key store did not answer a lookup in time, or all lookup "
+            "threads are busy (a flood of unknown keys?): answering 503; "
+            "logged once a minute at most"
+        )
 
     def in_background(self, fn: Callable[..., object], *args: Any) -> bool:
         """Run ``fn(*args)`` on a thread of its own, not waiting for it;
