@@ -236,7 +236,9 @@ def revoke_with_the_cli(database_url: str, key_id: str) -> None:
         ],
         check=True,
         capture_output=True,
-        timeout=60,
+        # About half a second of CPU, but on a shared machine its imports
+        # alone have taken 20 s of waiting for one: a backstop, not a bound.
+        timeout=300,
     )
 
 
