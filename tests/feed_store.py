@@ -13,8 +13,8 @@ import contextlib
 import dataclasses
 import threading
 import time
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from vemetric_auth import ApiKey, InMemoryKeyStore
