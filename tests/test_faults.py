@@ -625,9 +625,9 @@ def wait_until(condition: Callable[[], bool], within: float) -> None:
 
 
 def cache_vouched(service: Service, key: str, ttl: float) -> None:
-    """Serve *key*, and have the change feed vouch for its cache entry: an
-    entry read before the feed's first read is read again once *ttl* runs
-    out, and vouched for from then on."""
+    """Serve *key*, and have the change feed vouch for its cache entry (read
+    after the feed's head, which the first verification takes) once it has
+    been read again after *ttl*."""
     keys = service.keys
     feed = keys._feed
     assert feed is not None
@@ -713,9 +713,9 @@ def test_an_outage_longer_than_the_idle_timeout_keeps_the_reader_and_its_grace(
     """A key served from the cache alone needs no request to reach the
     reader; a reader that can not read stays all the same, so that what it
     read before still vouches for the cache."""
-    from vemetric_auth import _workers
+    from vemetric_auth._feed import ChangeFeed
 
-    monkeypatch.setattr(_workers.Workers, "idle_timeout", 0.2)
+    monkeypatch.setattr(ChangeFeed, "idle_timeout", staticmethod(lambda: 0.2))
     ttl = 1.0
     store = FeedStore()
     keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=ttl, outage_grace=30)

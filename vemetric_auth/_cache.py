@@ -27,6 +27,7 @@ class Verified:
         "record",
         "reread",
         "stamp_due",
+        "trusted_until",
         "vouched",
     )
 
@@ -48,6 +49,10 @@ class Verified:
         self.checked_until = checked_until
         #: When the key expires, as of the read; :data:`math.inf`: never.
         self.expires = expires
+        #: Until when the record may be served should a read again fail, as
+        #: without a change feed (``cache_ttl`` from the read); -inf once the
+        #: feed named the key.
+        self.trusted_until = checked_until
         #: The record may have changed since the read (the change feed named
         #: it, or could not vouch for it): read it again before any use.
         self.reread = False
@@ -80,7 +85,7 @@ class VerifiedKeys:
         #: undone by a verification that read the record before it.
         self.generation = 0
         #: Bumped by every :meth:`unvouch_all`; a put that started before one
-        #: is not vouched for either.
+        #: is read again at its next use too.
         self.epoch = 0
         self._closed = False
         reset_in_child(self)
@@ -116,13 +121,13 @@ class VerifiedKeys:
 
     def put(self, digest: bytes, entry: Verified, seen: tuple[int, int]) -> None:
         """Remember *entry*, unless :attr:`generation` moved on since *seen*
-        was taken; not vouched for if :attr:`epoch` did."""
+        was taken; to be read again at its next use if :attr:`epoch` did."""
         generation, epoch = seen
         with self._lock:
             if generation != self.generation or self._closed:
                 return
             if epoch != self.epoch:
-                entry.vouched = False
+                _unvouch(entry)
             self._entries[digest] = entry
             self._entries.move_to_end(digest)
             self._digests[entry.record.id] = digest
@@ -153,13 +158,14 @@ class VerifiedKeys:
                         _reread(entry)
 
     def unvouch_all(self) -> None:
-        """Have every entry, and any put under way, served until its
-        ``cache_ttl`` runs out and then read again, as without a feed: the
-        feed did not see what came before its first read."""
+        """Have every entry, and any put under way, read again at its next
+        use (one store read, no argon2): the feed's first read takes its
+        head, and a change made between an entry's read and that head is in
+        no read of the feed."""
         with self._lock:
             self.epoch += 1
             for entry in self._entries.values():
-                entry.vouched = False
+                _unvouch(entry)
 
     def reread_all(self) -> None:
         """Have every entry read again before its next use, and drop any put
@@ -182,4 +188,11 @@ def _reread(entry: Verified) -> None:
     # Stale at once, on the request path's one comparison; and its record
     # no longer stands for an expiry either.
     entry.reread = True
+    entry.fresh_until = entry.checked_until = entry.trusted_until = -math.inf
+
+
+def _unvouch(entry: Verified) -> None:
+    # Read again at its next use, as for _reread; but should that read fail,
+    # still served within cache_ttl of its own read, as without a feed.
+    entry.vouched = False
     entry.fresh_until = entry.checked_until = -math.inf

@@ -36,9 +36,11 @@ class ChangeFeed:
     read again before their next use here.
 
     Started by a verification (:meth:`touch`), the reader first takes the
-    feed's head, ``changes_since(None)``: the feed vouches for no entry
-    cached before (see :meth:`~vemetric_auth._cache.VerifiedKeys.unvouch_all`):
-    they are read again once their ``cache_ttl`` runs out, as without a feed.
+    feed's head, ``changes_since(None)``: a change made between the read of
+    an entry cached before and that head is in no read of the feed, so such
+    entries are read again at their next use (see
+    :meth:`~vemetric_auth._cache.VerifiedKeys.unvouch_all`; a store read,
+    no argon2).
     Then, every :attr:`_interval` seconds, or at once when the store's
     listener (its optional ``listen()``) says a change came, it reads the
     changes since its cursor and marks each key named (see
@@ -54,16 +56,24 @@ class ChangeFeed:
     how the request path knows to fall back to ``cache_ttl``.
 
     The reader ends at :meth:`stop`, soon after the manager is dropped (it
-    holds the feed weakly), or after :attr:`Workers.idle_timeout
-    <vemetric_auth._workers.Workers.idle_timeout>` seconds in which no
-    request needed more than the cache (:meth:`touch`), unless its reads
-    fail: every cached key is then read again at its next use, which starts
-    a reader again.
+    holds the feed weakly), or after :meth:`idle_timeout` seconds in which
+    no request came (:meth:`touch`: any request but those of the cache's
+    fast path, and those too once a minute per key), unless its reads fail:
+    every cached key is then read again at its next use, which starts a
+    reader again.
     """
 
     #: Seconds between two reads of the feed (a private setting tests shorten):
     #: twice a second, so that a revocation is seen within one.
     _interval: float = 0.5
+
+    @staticmethod
+    def idle_timeout() -> float:
+        """Seconds without a request after which the reader ends: ten times
+        the worker threads' (300 s by default), well over the minute between
+        two last-use stamps of a key served from the cache, which is how such
+        a key keeps the reader going."""
+        return 10 * Workers.idle_timeout
 
     def __init__(self, store: ChangeFeedKeyStore, cache: VerifiedKeys) -> None:
         self._store = store
@@ -90,30 +100,53 @@ class ChangeFeed:
         # reader of its own, from a cursor of its own, on its first use.
         self._reset()
 
-    def touch(self, now: float) -> None:
-        """A request at *now* (monotonic) needed more than the cache: keep
-        reading, or start again."""
-        self._active_at = now
-        if self._thread is None:
-            self._start_thread()
+    def touch(self, now: float, *, start: bool = True) -> None:
+        """A request at *now* (monotonic) needed more than the fast path of
+        the cache, or a key served from it is due a last-use stamp (once a
+        minute): keep reading, or (*start*) start again, from a head of the
+        reader's own (see :meth:`start_at` for the better way)."""
+        # Under the lock, against the reader deciding it is idle meanwhile:
+        # either it sees this request, or this request sees it gone.
+        with self._lock:
+            self._active_at = now
+            if start and self._thread is None:
+                self._start_thread(None)
 
-    def _start_thread(self) -> None:
+    def needs_head(self) -> bool:
+        """Whether no reader runs: the next read of a key should take the
+        feed's head first and hand it to :meth:`start_at`."""
+        return self._thread is None and not self._closed
+
+    def start_at(self, cursor: int, read_at: float) -> None:
+        """Start the reader from *cursor*, the feed's head as read at
+        *read_at* (monotonic) by a caller about to read a key: every change
+        after it reaches the cache, so what that read finds is vouched for.
+        What was cached before is read again at its next use."""
         with self._lock:
             if self._thread is not None or self._closed:
                 return
-            thread = threading.Thread(
-                target=_read_changes,
-                args=(weakref.ref(self), self._wake, self._interval),
-                name="vemetric-auth-feed",
-                daemon=True,
-            )
-            try:
-                thread.start()
-            except RuntimeError:
-                # No thread to be had: the cache_ttl bound holds meanwhile.
-                logger.warning("could not start the change feed thread", exc_info=True)
-                return
-            self._thread = thread
+            self._cache.unvouch_all()
+            self.confirmed_at = read_at
+            self._active_at = read_at
+            self._start_thread(cursor)
+
+    def _start_thread(self, cursor: int | None) -> None:
+        # Called with self._lock held.
+        if self._thread is not None or self._closed:
+            return
+        thread = threading.Thread(
+            target=_read_changes,
+            args=(weakref.ref(self), self._wake, self._interval, cursor),
+            name="vemetric-auth-feed",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:
+            # No thread to be had: the cache_ttl bound holds meanwhile.
+            logger.warning("could not start the change feed thread", exc_info=True)
+            return
+        self._thread = thread
 
     def stop(self) -> list[threading.Thread]:
         """End the reader; return its thread, for the caller to join."""
@@ -148,6 +181,8 @@ class ChangeFeed:
             elif changes.key_ids:
                 self._cache.reread(changes.key_ids)
         except Exception:
+            if self._closed:
+                return cursor  # the store may have closed with the manager
             if not self._failing:
                 self._failing = True
                 logger.warning(
@@ -191,13 +226,13 @@ class ChangeFeed:
             self._listener = None
 
     def _stop_if_idle(self) -> bool:
-        """End this reader if no request needed it for a while; return
-        whether it ends."""
+        """End this reader if no request came for :meth:`idle_timeout`
+        seconds; return whether it ends."""
         with self._lock:
             if self._closed or self._thread is not threading.current_thread():
                 return True
             if self._failing or time.monotonic() - self._active_at < (
-                Workers.idle_timeout
+                self.idle_timeout()
             ):
                 # Busy; or failing: the outage grace counts from the last read
                 # of this reader, which must stay to vouch for the cache.
@@ -212,10 +247,13 @@ class ChangeFeed:
 
 
 def _read_changes(
-    ref: weakref.ReferenceType[ChangeFeed], wake: threading.Event, interval: float
+    ref: weakref.ReferenceType[ChangeFeed],
+    wake: threading.Event,
+    interval: float,
+    cursor: int | None,
 ) -> None:
-    """The reader thread: holds its feed only while it reads."""
-    cursor: int | None = None
+    """The reader thread, from *cursor* (``None``: the feed's head): holds
+    its feed only while it reads."""
     listener: ChangeListener | None = None
     listen_at = 0.0  # when to ask the store for a listener
     try:

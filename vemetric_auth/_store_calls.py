@@ -116,7 +116,7 @@ class StoreCalls:
         except TimeoutError as exc:
             if lookup:
                 # A flood of unknown keys makes thousands of these a second.
-                self._warn_lookups_busy()
+                self._warn_lookups_busy(exc)
             elif not quiet:
                 logger.warning("key store failed while %s", doing, exc_info=True)
             raise StoreUnavailable() from exc
@@ -125,7 +125,7 @@ class StoreCalls:
                 logger.warning("key store failed while %s", doing, exc_info=True)
             raise StoreUnavailable() from exc
 
-    def _warn_lookups_busy(self) -> None:
+    def _warn_lookups_busy(self, error: TimeoutError) -> None:
         # Once a minute at most. (No lock: two threads logging it at once is
         # no harm.)
         now = time.monotonic()
@@ -135,7 +135,8 @@ class StoreCalls:
         logger.warning(
             "the key store did not answer a lookup in time, or all lookup "
             "threads are busy (a flood of unknown keys?): answering 503; "
-            "logged once a minute at most"
+            "logged once a minute at most",
+            exc_info=error,
         )
 
     def in_background(self, fn: Callable[..., object], *args: Any) -> bool:

@@ -8,6 +8,7 @@ import threading
 import time
 import weakref
 from datetime import datetime, timezone
+from typing import cast
 
 from ._argon2 import Argon2Threads, Verdict
 from ._cache import Verified, VerifiedKeys
@@ -20,6 +21,7 @@ from ._turns import KeyTurns
 from .errors import InvalidApiKey, StoreUnavailable
 from .keys import display_prefix
 from .records import ApiKey
+from .stores.base import ChangeFeedKeyStore
 
 __all__ = ["Verifier"]
 
@@ -101,7 +103,8 @@ class Verifier:
         entry = self._cache.get(digest)
         if entry is not None:
             if self._feed is not None:
-                self._feed.touch(now)
+                # Not started here: the read of the key below takes the head.
+                self._feed.touch(now, start=False)
             # A stale entry the feed vouches for needs no turn: served at once.
             record = self._from_memory(digest, entry, now)
             if record is not None:
@@ -128,13 +131,15 @@ class Verifier:
                     record = entry.record
                 elif now < entry.checked_until or (
                     now >= entry.expires
-                    and entry.vouched
                     and not entry.reread
-                    and self._is_down()
-                    and self._stands(now)
+                    and (
+                        now < entry.trusted_until
+                        or (entry.vouched and self._is_down() and self._stands(now))
+                    )
                 ):
                     # Expired, and its record stands: read less than cache_ttl
-                    # ago, or the store is down and no change could be made.
+                    # ago (and the feed named it not), or the store is down
+                    # and no change could be made.
                     logger.info(
                         "rejected expired key %s (%s)",
                         entry.record.id,
@@ -182,6 +187,8 @@ class Verifier:
         ):
             return None  # expired, or to be read again: the caller does
         if self._stands(now):
+            if self._down_since is not None:
+                self._tell_outage()  # found down by a re-read in the background
             self._recheck_later(digest, entry.record)
             return entry.record
         return None
@@ -190,9 +197,7 @@ class Verifier:
         self, secret: Secret, digest: bytes, deadline: float | None
     ) -> ApiKey:
         prefix = display_prefix(secret.value)
-        # Cached before the feed's first read, an entry is not vouched for
-        # by the feed (see ChangeFeed): it did not see what came before. It
-        # is then read again once its cache_ttl runs out, as without a feed.
+        self._take_feed_head(deadline)
         seen = self._cache.seen()
         # Freshness counts from the read, not from the end of the verification.
         # The monotonic clock is read first: an expiry carried over from the
@@ -273,7 +278,8 @@ class Verifier:
         except StoreUnavailable:
             now = time.monotonic()
             if (
-                now < entry.expires
+                not self._call_store.closed  # a closed manager serves nothing
+                and now < entry.expires
                 and entry.vouched
                 and not entry.reread
                 and self._stands(now)
@@ -283,7 +289,42 @@ class Verifier:
                 self._tell_outage()
                 self._recheck_later(digest, entry.record)
                 return entry.record
+            if (
+                not self._call_store.closed
+                and not entry.reread
+                and now < min(entry.trusted_until, entry.expires)
+            ):
+                # Read again only because the feed could not vouch for it:
+                # within cache_ttl of its read, as without a feed.
+                return entry.record
             raise
+
+    def _take_feed_head(self, deadline: float | None) -> None:
+        """With no feed reader running, read the feed's head before a read of
+        a key, and start the reader from it: every change after the head
+        reaches the cache, so the feed vouches for what the read finds. (A
+        reader taking its own head later could not: a change between the
+        two reads would be in no read of the feed.) Should that fail, the
+        reader takes its own head, and what is cached meanwhile is read
+        again at its next use."""
+        feed = self._feed
+        if feed is None or not feed.needs_head():
+            return
+        read_at = time.monotonic()
+        try:
+            head = self._call_store(
+                "reading the change feed",
+                cast(ChangeFeedKeyStore, self._store).changes_since,
+                None,
+                deadline=deadline,
+                lookup=True,
+                quiet=True,
+            )
+            cursor = int(head.cursor)
+        except Exception:
+            feed.touch(time.monotonic())
+            return
+        feed.start_at(cursor, read_at)
 
     def _recheck_later(self, digest: bytes, cached: ApiKey) -> None:
         """Re-read *cached* on a background thread, unless one does already."""
@@ -306,6 +347,7 @@ class Verifier:
         *,
         quiet: bool = False,
     ) -> ApiKey:
+        self._take_feed_head(deadline)
         seen = self._cache.seen()
         read_at = time.monotonic()
         wall_at = datetime.now(timezone.utc)

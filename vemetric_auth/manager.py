@@ -18,7 +18,7 @@ from typing import Any, cast
 from argon2 import PasswordHasher
 
 from ._argon2 import Argon2Threads
-from ._cache import VerifiedKeys
+from ._cache import Verified, VerifiedKeys
 from ._feed import ChangeFeed, has_change_feed
 from ._fork import reset_in_child
 from ._last_use import LastUse
@@ -314,6 +314,13 @@ class KeyManager:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _hit(self, entry: Verified, now: float) -> None:
+        """A use at *now* of a key served from the cache's fast path, once a
+        minute per key: a last-use stamp, and the change feed kept going."""
+        self._last_use.hit(entry, now)
+        if self._feed is not None:
+            self._feed.touch(now)
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
@@ -818,7 +825,7 @@ class KeyManager:
             now = time.monotonic()
             if now < entry.fresh_until:
                 if now >= entry.stamp_due:
-                    self._last_use.hit(entry, now)
+                    self._hit(entry, now)
                 return entry.record
         secret = Secret(key)
         del key
@@ -850,7 +857,7 @@ class KeyManager:
             now = time.monotonic()
             if now < entry.fresh_until:
                 if now >= entry.stamp_due:
-                    self._last_use.hit(entry, now)
+                    self._hit(entry, now)
                 return entry.record
         return None
 
@@ -865,7 +872,7 @@ class KeyManager:
             now = time.monotonic()
             if now < entry.fresh_until:
                 if now >= entry.stamp_due:
-                    self._last_use.hit(entry, now)
+                    self._hit(entry, now)
                 return entry.record
         # The cold path: from here on the key travels hidden, and this frame,
         # which any error below passes through, no longer holds it.

@@ -134,9 +134,9 @@ def _engine_arguments(
         "hide_parameters": True,
         # Waiting for a free pooled connection is bounded too.
         "pool_timeout": connect_timeout,
-        # 5 kept, up to 25 under load: a KeyManager may call the store on 25
-        # threads at once (lookups, re-reads, background re-reads, the change
-        # feed), and none of them should wait for another's connection.
+        # 5 kept, up to 25 under load: a KeyManager calls the store on up to
+        # 17 threads at once (8 lookups of unknown keys, 8 other calls, the
+        # change feed), and none should wait for another's connection.
         "max_overflow": 20,
     }
     connect_args: dict[str, Any] = {}
