@@ -27,7 +27,13 @@ from conftest import CountingHasher, FlakyStore
 from feed_store import FeedStore
 from servers.plugin import require
 
-from vemetric_auth import InMemoryKeyStore, InvalidApiKey, KeyManager, SQLKeyStore
+from vemetric_auth import (
+    InMemoryKeyStore,
+    InvalidApiKey,
+    KeyManager,
+    SQLKeyStore,
+    StoreUnavailable,
+)
 from vemetric_auth._feed import ChangeFeed, has_change_feed
 
 #: What the SPEC promises: refused everywhere within this many seconds.
@@ -186,6 +192,9 @@ def test_a_change_before_a_late_first_read_of_the_feed_is_refused_right_after_it
     keys = managers(hasher=hasher, cache_ttl=3600)
     issued, kept = keys.create("p1", "revoked"), keys.create("p1", "kept")
     assert keys._feed is not None
+    with pytest.raises(StoreUnavailable):
+        keys.authenticate(issued.key)  # as the store failing the key's read
+    assert keys._feed._thread is not None  # started to take its own head
     keys.authenticate(issued.key)  # cached; the feed's first read waits
     keys.authenticate(kept.key)
     InMemoryKeyStore.revoke(  # a change the feed will not carry: before its head
@@ -568,3 +577,25 @@ def test_a_listener_cut_off_reconnects_and_misses_no_revocation(
         here_store.close()
         elsewhere_store.close()
         admin.dispose()
+
+
+def test_a_failed_re_read_never_serves_an_entry_the_cache_dropped_meanwhile(
+    managers: Callable[..., KeyManager], store: FeedStore
+) -> None:
+    """A re-read that fails may serve the entry from memory (within its
+    cache_ttl, or the outage grace) only if the cache still holds that very
+    entry: one dropped meanwhile (revoked here, or named by the feed on a
+    newer entry) is not served."""
+    import hashlib
+
+    keys = managers(cache_ttl=3600)
+    issued = keys.create("p1", "n")
+    keys.authenticate(issued.key)
+    digest = hashlib.sha256(issued.key.encode()).digest()
+    entry = keys._cache.get(digest)
+    assert entry is not None
+    keys._cache.unvouch_all()  # to be read again, within its cache_ttl
+    keys.revoke(issued.record.id)  # drops the entry
+    store.failing = True
+    with pytest.raises(StoreUnavailable):
+        keys._verifier._recheck_now(digest, entry, None)

@@ -114,6 +114,11 @@ class VerifiedKeys:
                 pass
         return entry
 
+    def holds(self, digest: bytes, entry: Verified) -> bool:
+        """Whether *entry* is still the entry of *digest* (not dropped,
+        replaced or evicted since it was read), without reordering."""
+        return self._entries.get(digest) is entry
+
     def seen(self) -> tuple[int, int]:
         """What :meth:`put` is given: :attr:`generation` and :attr:`epoch`,
         read before the record was."""

@@ -126,14 +126,14 @@ class ChangeFeed:
             if self._thread is not None or self._closed:
                 return
             self._cache.unvouch_all()
-            self.confirmed_at = read_at
-            self._active_at = read_at
-            self._start_thread(cursor)
+            self._active_at = max(self._active_at, read_at)
+            if self._start_thread(cursor):
+                self.confirmed_at = read_at
 
-    def _start_thread(self, cursor: int | None) -> None:
-        # Called with self._lock held.
+    def _start_thread(self, cursor: int | None) -> bool:
+        # Called with self._lock held. Returns whether a reader started.
         if self._thread is not None or self._closed:
-            return
+            return False
         thread = threading.Thread(
             target=_read_changes,
             args=(weakref.ref(self), self._wake, self._interval, cursor),
@@ -145,8 +145,9 @@ class ChangeFeed:
         except RuntimeError:
             # No thread to be had: the cache_ttl bound holds meanwhile.
             logger.warning("could not start the change feed thread", exc_info=True)
-            return
+            return False
         self._thread = thread
+        return True
 
     def stop(self) -> list[threading.Thread]:
         """End the reader; return its thread, for the caller to join."""

@@ -114,10 +114,12 @@ class StoreCalls:
             # Closed before the call started: the store was never asked.
             raise StoreUnavailable("this KeyManager is closed") from exc
         except TimeoutError as exc:
-            if lookup:
+            if quiet:
+                pass
+            elif lookup:
                 # A flood of unknown keys makes thousands of these a second.
                 self._warn_lookups_busy(exc)
-            elif not quiet:
+            else:
                 logger.warning("key store failed while %s", doing, exc_info=True)
             raise StoreUnavailable() from exc
         except Exception as exc:

@@ -197,7 +197,7 @@ class Verifier:
         self, secret: Secret, digest: bytes, deadline: float | None
     ) -> ApiKey:
         prefix = display_prefix(secret.value)
-        self._take_feed_head(deadline)
+        self._take_feed_head(deadline, lookup=True)
         seen = self._cache.seen()
         # Freshness counts from the read, not from the end of the verification.
         # The monotonic clock is read first: an expiry carried over from the
@@ -277,6 +277,10 @@ class Verifier:
             return self._recheck(digest, entry.record, deadline)
         except StoreUnavailable:
             now = time.monotonic()
+            if not self._cache.holds(digest, entry):
+                # Dropped (revoked here), replaced or evicted meanwhile: what
+                # the feed marked since is not on this object.
+                raise
             if (
                 not self._call_store.closed  # a closed manager serves nothing
                 and now < entry.expires
@@ -299,14 +303,22 @@ class Verifier:
                 return entry.record
             raise
 
-    def _take_feed_head(self, deadline: float | None) -> None:
+    def _take_feed_head(
+        self, deadline: float | None, *, lookup: bool, quiet: bool = False
+    ) -> None:
         """With no feed reader running, read the feed's head before a read of
         a key, and start the reader from it: every change after the head
         reaches the cache, so the feed vouches for what the read finds. (A
         reader taking its own head later could not: a change between the
-        two reads would be in no read of the feed.) Should that fail, the
-        reader takes its own head, and what is cached meanwhile is read
-        again at its next use."""
+        two reads would be in no read of the feed.)
+
+        Should that fail, the reader is started all the same, to take its
+        own head (what is cached meanwhile is read again at its next use),
+        and the request fails as the read of the key would have: a store
+        that can not answer this can not answer that.
+
+        :raises StoreUnavailable: the store failed, or did not answer in time.
+        """
         feed = self._feed
         if feed is None or not feed.needs_head():
             return
@@ -317,11 +329,14 @@ class Verifier:
                 cast(ChangeFeedKeyStore, self._store).changes_since,
                 None,
                 deadline=deadline,
-                lookup=True,
-                quiet=True,
+                lookup=lookup,
+                quiet=quiet,
             )
             cursor = int(head.cursor)
-        except Exception:
+        except StoreUnavailable:
+            feed.touch(time.monotonic())
+            raise
+        except Exception:  # an answer not of the protocol's shape
             feed.touch(time.monotonic())
             return
         feed.start_at(cursor, read_at)
@@ -347,11 +362,14 @@ class Verifier:
         *,
         quiet: bool = False,
     ) -> ApiKey:
-        self._take_feed_head(deadline)
-        seen = self._cache.seen()
-        read_at = time.monotonic()
-        wall_at = datetime.now(timezone.utc)
         try:
+            # A known key: on the threads a flood of unknown keys can not fill.
+            self._take_feed_head(
+                deadline, lookup=False, quiet=quiet or self._down_since is not None
+            )
+            seen = self._cache.seen()
+            read_at = time.monotonic()
+            wall_at = datetime.now(timezone.utc)
             record = self._call_store(
                 "reading a key",
                 self._store.get,
