@@ -58,6 +58,12 @@ _CACHE_TTL_ENV = "LOADKIT_CACHE_TTL"
 _RATE_LIMIT_ENV = "LOADKIT_RATE_LIMIT"
 _RATE_LIMIT_STORAGE_ENV = "LOADKIT_RATE_LIMIT_STORAGE"
 _FLASK_LIMITER_ENV = "LOADKIT_FLASK_LIMITER"
+_DB_LATENCY_ENV = "LOADKIT_DB_LATENCY"
+_WATCH_ENV = "LOADKIT_WATCH"
+#: What a watched server writes to stderr twice a second (see server_app).
+WATCH_LINE = re.compile(
+    r"LOADKIT-WATCH pid=(\d+) feed_age=(\S+) checked_out=(\d+) of (\d+)"
+)
 
 # The HTTP contract (SPEC section 2), written out here rather than imported,
 # so that the load tests check the contract and not the implementation.
@@ -116,7 +122,13 @@ def server_app() -> Flask:
     rate limit and its storage (else no rate limit: the load runs send far
     more than the example's 100 requests a minute per project); with
     ``LOADKIT_FLASK_LIMITER`` set too, Flask-Limiter counts them per project
-    instead of vemetric-auth, for the rate limit benchmark. The twin,
+    instead of vemetric-auth, for the rate limit benchmark;
+    ``LOADKIT_DB_LATENCY``, if set, seconds every SQL statement waits
+    before it is sent (a database a network away); with ``LOADKIT_WATCH``
+    set, the server writes :data:`WATCH_LINE` to stderr twice a second: the
+    age of its manager's last read of the change feed, and the connections
+    of its key store's pool checked out (private attributes: a benchmark
+    aid). The twin,
     ``GET /unauthenticated/v1/project/<project_id>``, loads the project the
     way the project loader does and answers the same body, without a key: the
     benchmark's "without auth" figure.
@@ -124,6 +136,8 @@ def server_app() -> Flask:
     from flask import abort
 
     flask_app = _flask_app_module()
+    if _DB_LATENCY_ENV in os.environ:
+        _delay_every_statement(float(os.environ[_DB_LATENCY_ENV]))
     config: dict[str, Any] = {}
     if _CACHE_TTL_ENV in os.environ:
         config["VEMETRIC_AUTH_CACHE_TTL"] = float(os.environ[_CACHE_TTL_ENV])
@@ -133,6 +147,10 @@ def server_app() -> Flask:
     config["VEMETRIC_AUTH_RATE_LIMIT"] = None if flask_limiter else rate_limit
     config["VEMETRIC_AUTH_RATE_LIMIT_STORAGE_URI"] = storage
     app: Flask = flask_app.create_app(config)
+    if os.environ.get(_WATCH_ENV):
+        threading.Thread(
+            target=_watch, args=(flask_app.auth.keys_for(app),), daemon=True
+        ).start()
     if flask_limiter:
         from flask import g
         from flask_limiter import Limiter
@@ -159,6 +177,33 @@ def server_app() -> Flask:
         view_func=flask_app.auth.exempt(unauthenticated_project),
     )
     return app
+
+
+def _delay_every_statement(seconds: float) -> None:
+    """Every SQL statement of every engine of this process waits *seconds*
+    before it is sent, holding its connection, as a round trip would."""
+    from sqlalchemy import Engine, event
+
+    def wait(*args: Any) -> None:
+        time.sleep(seconds)
+
+    event.listen(Engine, "before_cursor_execute", wait)
+
+
+def _watch(keys: Any) -> None:
+    """Write a :data:`WATCH_LINE` to stderr twice a second, forever."""
+    pool = keys._store._engine.pool
+    size = pool.size() + max(0, getattr(pool, "_max_overflow", 0))
+    while True:
+        time.sleep(0.5)
+        feed = getattr(keys, "_feed", None)  # None before the manager read it
+        age = time.monotonic() - feed.confirmed_at if feed is not None else -1.0
+        print(
+            f"LOADKIT-WATCH pid={os.getpid()} feed_age={age:.2f} "
+            f"checked_out={pool.checkedout()} of {size}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _serve_werkzeug() -> None:
@@ -376,15 +421,24 @@ def running_server(
     cache_ttl: float | None = None,
     rate_limit: str | None = None,
     rate_limit_storage: str | None = None,
+    db_latency: float | None = None,
+    watch: bool = False,
     flask_limiter: bool = False,
     workers: int = 2,
     threads: int = 4,
     startup_timeout: float = 60.0,
+    pythonpath: str | None = None,
 ) -> Iterator[ServerProcess]:
     """Run :func:`server_app` under *kind* (``"gunicorn"`` or ``"werkzeug"``)
     on a free loopback port until the block ends; the server is stopped,
     killed if need be, whatever happens. Without *rate_limit*, no rate limit;
     with *flask_limiter*, Flask-Limiter enforces it rather than vemetric-auth.
+    With *db_latency*, every SQL statement of the server waits that many
+    seconds before it is sent; with *watch*, the server logs its feed and
+    pool (see :func:`server_app`).
+    *pythonpath*, a directory, comes first on the server's ``PYTHONPATH``:
+    one holding another ``vemetric_auth`` (say, an older commit's) is served
+    instead of this one.
 
     Ready means: listening, every gunicorn worker booted, ``/health`` answered.
     """
@@ -401,6 +455,8 @@ def running_server(
         _RATE_LIMIT_ENV,
         _RATE_LIMIT_STORAGE_ENV,
         _FLASK_LIMITER_ENV,
+        _DB_LATENCY_ENV,
+        _WATCH_ENV,
     ):
         env.pop(name, None)
     env["VEMETRIC_AUTH_DATABASE_URL"] = database_url
@@ -412,6 +468,14 @@ def running_server(
         env[_RATE_LIMIT_STORAGE_ENV] = rate_limit_storage
     if flask_limiter:
         env[_FLASK_LIMITER_ENV] = "1"
+    if db_latency is not None:
+        env[_DB_LATENCY_ENV] = repr(float(db_latency))
+    if watch:
+        env[_WATCH_ENV] = "1"
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [pythonpath, *filter(None, [env.get("PYTHONPATH")])]
+        )
     env["PYTHONUNBUFFERED"] = "1"
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{kind}-{os.urandom(4).hex()}.log"

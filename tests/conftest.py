@@ -6,8 +6,10 @@ plugin in ``tests/servers/``.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
@@ -51,17 +53,62 @@ class CountingHasher(PasswordHasher):
         return super().hash(password, salt=salt)
 
 
-@pytest.fixture(autouse=True)
-def _last_use_stays_in_its_test() -> Iterator[None]:
-    """Last-use stamps a test's managers have not written when it ends are
-    dropped: no background write reaches a store the test closed, later in
-    another test or at exit. (Tests of last use close their managers.)"""
-    yield
+#: Whether a test runs (its setup included): what it makes is recorded for
+#: the teardown below; what is made at import, shared by a module, is not.
+_in_a_test = False
+
+
+def _recorded(cls: Any) -> weakref.WeakSet[Any]:
+    """Record each instance of *cls* made while a test runs."""
+    made: weakref.WeakSet[Any] = weakref.WeakSet()
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def recorded_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if _in_a_test:
+            made.add(self)
+
+    cls.__init__ = recorded_init
+    return made
+
+
+_MANAGERS = _recorded(KeyManager)
+try:
+    from vemetric_auth.stores.sql import SQLKeyStore
+except ImportError:  # no SQLAlchemy: no SQL store to record
+    _SQL_STORES: weakref.WeakSet[Any] = weakref.WeakSet()
+else:
+    _SQL_STORES = _recorded(SQLKeyStore)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _in_a_test
+    _in_a_test = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """A test's managers are closed before its fixtures are torn down, then
+    its SQL stores (again, if the test closed them while a manager still
+    read them): no background thread of a manager (change feed reader,
+    last-use writer, store call) reaches a store after the test, and no
+    connection it opened outlives the test. Last-use stamps not yet written
+    are dropped first: tests of last use close their managers themselves."""
     from vemetric_auth import _last_use
 
+    global _in_a_test
+    _in_a_test = False
     for last_use in list(_last_use._OPEN):
         with last_use._lock:
             last_use._pending.clear()
+    for manager in list(_MANAGERS):
+        manager.close()
+    _MANAGERS.clear()
+    for store in list(_SQL_STORES):
+        store.close()
+    _SQL_STORES.clear()
 
 
 @pytest.fixture

@@ -594,7 +594,9 @@ def test_unrelated_keys_do_not_wait_for_each_other() -> None:
 
 def test_a_revocation_that_lands_after_its_timeout_still_evicts_the_key() -> None:
     store = InMemoryKeyStore()
-    keys = KeyManager(store, hasher=CountingHasher(), store_timeout=0.2)
+    # store_timeout also bounds the authenticate below (lookup and argon2):
+    # long enough for a busy machine, shorter than the revocation's delay.
+    keys = KeyManager(store, hasher=CountingHasher(), store_timeout=1.0)
     issued = keys.create("p1", "n")
     landing = threading.Event()
     real_revoke = store.revoke

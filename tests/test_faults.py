@@ -28,12 +28,14 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher, profiles
 from conftest import CountingHasher
+from feed_store import FeedStore
 from werkzeug.test import Client, TestResponse
 
 from vemetric_auth import (
@@ -50,6 +52,7 @@ from vemetric_auth import (
     StoreUnavailable,
     generate_key,
 )
+from vemetric_auth._feed import ChangeFeed
 
 UNAVAILABLE = {
     "error": {
@@ -472,11 +475,21 @@ def test_a_store_that_hangs_is_503_within_store_timeout_and_heals(
     hanging: HangingStore,
 ) -> None:
     timeout = 0.3
+    # No outage grace: a stale key is not bridged from memory here (see the
+    # outage tests below for that).
     keys = KeyManager(
-        hanging, hasher=CountingHasher(), store_timeout=timeout, cache_ttl=60
+        hanging,
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=60,
+        outage_grace=0,
     )
     stale_keys = KeyManager(
-        hanging, hasher=CountingHasher(), store_timeout=timeout, cache_ttl=0
+        hanging,
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=0,
+        outage_grace=0,
     )
     service, stale_service = Service(keys), Service(stale_keys)
     cached = keys.create(PROJECT, "cached")
@@ -522,7 +535,7 @@ def test_more_hung_requests_than_lookup_threads_are_each_503_in_time(
     lookup_threads = [
         thread
         for thread in set(threading.enumerate()) - before
-        if thread.name.startswith("vemetric-auth-store")
+        if thread.name.startswith("vemetric-auth-lookup")
     ]
     assert 1 <= len(lookup_threads) <= 16
     hanging.release()
@@ -539,7 +552,11 @@ def test_concurrent_requests_for_one_key_on_a_hung_store_are_each_503_in_time(
     database hangs must not pile up the request threads."""
     timeout, requests = 0.25, 6
     keys = KeyManager(
-        hanging, hasher=CountingHasher(), store_timeout=timeout, cache_ttl=0
+        hanging,
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=0,
+        outage_grace=0,  # not bridged from memory
     )
     service = Service(keys)
     issued = keys.create(PROJECT, "popular key")
@@ -588,6 +605,185 @@ def test_a_rehash_write_that_hangs_does_not_hold_the_request(
     # Verified, so served: the old hash only costs a rehash later.
     assert outcome.error is None
     assert outcome.result == issued.record
+
+
+# -- an outage, bridged from memory (outage_grace) -----------------------------------
+
+
+@pytest.fixture
+def fast_feed(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The change feed is read every 0.05 s instead of 0.5 s."""
+    monkeypatch.setattr(ChangeFeed, "_interval", 0.05)
+    return 0.05
+
+
+def wait_until(condition: Callable[[], bool], within: float) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def cache_vouched(service: Service, key: str, ttl: float) -> None:
+    """Serve *key*, and have the change feed vouch for its cache entry (read
+    after the feed's head, which the first verification takes) once it has
+    been read again after *ttl*."""
+    keys = service.keys
+    feed = keys._feed
+    assert feed is not None
+    assert_served(service.call(key))
+    time.sleep(ttl + 0.05)
+    assert_served(service.call(key))
+    wait_until(
+        lambda: (
+            time.monotonic() - feed.confirmed_at < 1.0
+            and all(entry.vouched for entry in list(keys._cache._entries.values()))
+        ),
+        within=10,
+    )
+
+
+def test_an_outage_serves_keys_verified_before_for_outage_grace_new_keys_503(
+    fast_feed: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    ttl, grace = 0.2, 1.5
+    store = FeedStore()
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=ttl, outage_grace=grace)
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    uncached = keys.create(PROJECT, "never used")
+    cache_vouched(service, cached.key, ttl)
+
+    store.failing = store.feed_failing = True  # the database is gone
+    down_at = time.monotonic()
+    time.sleep(ttl + 0.05)  # past cache_ttl, and the feed is failing
+    for _ in range(5):
+        assert_served(service.call(cached.key))
+    assert_unavailable(service.call(uncached.key))
+    assert_unavailable(service.call(generate_key()))
+    assert caplog.text.count("keys verified before are served from memory") == 1
+    # Bounded: once the grace is over, 503 as for any key.
+    time.sleep(max(0.0, down_at + grace - time.monotonic()) + 0.1)
+    assert_unavailable(service.call(cached.key))
+
+    store.failing = store.feed_failing = False  # back: recovers by itself
+    assert_served(service.call(cached.key))
+    assert_served(service.call(uncached.key))
+    assert service.downstream.calls == 9
+    keys.close()
+
+
+def test_an_outage_of_a_hanging_store_costs_one_timeout_then_answers_from_memory(
+    fast_feed: float,
+) -> None:
+    timeout, ttl = 0.5, 0.2
+    store = FeedStore()
+    keys = KeyManager(
+        store, hasher=CountingHasher(), store_timeout=timeout, cache_ttl=ttl
+    )
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    uncached = keys.create(PROJECT, "never used")
+    cache_vouched(service, cached.key, ttl)
+    store.feed_failing = True
+    store.hanging.clear()  # every key store call blocks
+    try:
+        time.sleep(ttl + 0.05)
+        response, elapsed = service.timed_call(cached.key)
+        assert_served(response)  # from memory, once the re-read timed out
+        assert elapsed < timeout + SLACK
+        for _ in range(5):  # known to be down: no request waits any more
+            response, elapsed = service.timed_call(cached.key)
+            assert_served(response)
+            assert elapsed < 0.2
+        response, elapsed = service.timed_call(uncached.key)
+        assert_unavailable(response)
+        assert timeout * 0.9 <= elapsed < timeout + SLACK
+    finally:
+        store.hanging.set()
+        store.feed_failing = False
+    wait_until(lambda: not keys._verifier._is_down(), within=5)
+    assert_served(service.call(uncached.key))
+    keys.close()
+
+
+def test_an_outage_longer_than_the_idle_timeout_keeps_the_reader_and_its_grace(
+    fast_feed: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key served from the cache alone needs no request to reach the
+    reader; a reader that can not read stays all the same, so that what it
+    read before still vouches for the cache."""
+    from vemetric_auth._feed import ChangeFeed
+
+    monkeypatch.setattr(ChangeFeed, "idle_timeout", staticmethod(lambda: 0.2))
+    ttl = 1.0
+    store = FeedStore()
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=ttl, outage_grace=30)
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    cache_vouched(service, cached.key, ttl)
+    store.failing = store.feed_failing = True
+    time.sleep(1.5)  # idle, past cache_ttl
+    assert keys._feed is not None
+    assert keys._feed._thread is not None  # still there
+    for _ in range(3):
+        assert_served(service.call(cached.key))
+    store.failing = store.feed_failing = False
+    keys.close()
+
+
+def test_outage_grace_zero_is_503_once_stale(fast_feed: float) -> None:
+    store = FeedStore()
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=0.2, outage_grace=0)
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    assert_served(service.call(cached.key))
+    store.failing = store.feed_failing = True
+    assert_served(service.call(cached.key))  # fresh: served as ever
+    time.sleep(0.25)
+    assert_unavailable(service.call(cached.key))
+    store.failing = store.feed_failing = False
+    assert_served(service.call(cached.key))
+    keys.close()
+
+
+def test_no_grace_for_a_key_revoked_before_the_outage(fast_feed: float) -> None:
+    """The feed delivered the revocation before the store went down: the key
+    is not in memory to be served."""
+    store = FeedStore()
+    here = KeyManager(store, hasher=CountingHasher(), cache_ttl=3600)
+    elsewhere = KeyManager(store, hasher=CountingHasher())
+    service = Service(here)
+    issued = here.create(PROJECT, "revoked, then an outage")
+    assert_served(service.call(issued.key))
+    elsewhere.revoke(issued.record.id)
+    wait_until(
+        lambda: all(entry.reread for entry in list(here._cache._entries.values())),
+        within=1.0,
+    )
+    store.failing = store.feed_failing = True
+    assert_unavailable(service.call(issued.key))
+    store.failing = store.feed_failing = False
+    assert_refused(service.call(issued.key))
+    here.close()
+    elsewhere.close()
+
+
+def test_an_expired_key_is_refused_during_an_outage(fast_feed: float) -> None:
+    ttl = 0.1
+    store = FeedStore()
+    keys = KeyManager(store, hasher=CountingHasher(), cache_ttl=ttl)
+    service = Service(keys)
+    soon = datetime.now(timezone.utc) + timedelta(seconds=1.0)
+    issued = keys.create(PROJECT, "expires soon", expires_at=soon)
+    cache_vouched(service, issued.key, ttl)
+    store.failing = store.feed_failing = True
+    time.sleep(0.2)
+    assert_served(service.call(issued.key))  # stale, in the grace, unexpired
+    time.sleep(max(0.0, (soon - datetime.now(timezone.utc)).total_seconds()) + 0.05)
+    assert_refused(service.call(issued.key))
+    store.failing = store.feed_failing = False
+    keys.close()
 
 
 # -- PostgreSQL ------------------------------------------------------------------------
@@ -678,6 +874,20 @@ def pg_stores(postgres_server: Any) -> Iterator[Callable[..., SQLKeyStore]]:
     finally:
         if not postgres_server.is_running():
             postgres_server.start()
+        # The test's managers are gone, or go with a collection (a traceback
+        # may hold one); their change feed readers end then, and must have
+        # before the stores close: a read after that would open a connection
+        # nobody closes.
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", ".*was deleted while still open", ResourceWarning
+            )
+            gc.collect()
+        deadline = time.monotonic() + 5
+        while any(t.name == "vemetric-auth-feed" for t in threading.enumerate()):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         for store in stores:
             store.close()
         # A store call the manager gave up on (store_timeout) may finish only
@@ -766,6 +976,8 @@ def test_postgresql_stopped_is_503_then_recovers_with_nothing_lost(
     with pytest.raises(InvalidApiKey):
         fresh.authenticate(revoked.key)
     assert fresh.get(revoked.record.id) == revoked_record
+    keys.close()
+    fresh.close()
 
 
 def _assert_created_whole_or_not_at_all(
@@ -818,8 +1030,14 @@ def test_postgresql_frozen_is_503_within_store_timeout_and_recovers_on_sigcont(
     timeout, ttl = 1.0, 2.5
     # The store's own timeouts (5 s) can not help: a frozen server never
     # starts the statement, and the kernel still acknowledges every packet.
+    # outage_grace=0: once stale, the cached key is not bridged from memory
+    # (see the test after this one for that).
     keys = KeyManager(
-        pg_stores(), hasher=CountingHasher(), store_timeout=timeout, cache_ttl=ttl
+        pg_stores(),
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=ttl,
+        outage_grace=0,
     )
     service = Service(keys)
     uncached = keys.create(PROJECT, "never used")
@@ -862,6 +1080,53 @@ def test_postgresql_frozen_is_503_within_store_timeout_and_recovers_on_sigcont(
         fresh.authenticate(revoked.key)
     _assert_created_whole_or_not_at_all(creating, "created during the freeze", fresh)
     _assert_revoked_whole_or_not_at_all(revoking, to_revoke, fresh)
+    keys.close()
+    fresh.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fault", ["stopped", "frozen"])
+def test_postgresql_down_serves_keys_verified_before_for_outage_grace(
+    postgres_server: Any,
+    pg_stores: Callable[..., SQLKeyStore],
+    fault: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ChangeFeed, "_interval", 0.1)
+    timeout, ttl, grace = 1.0, 0.5, 4.0
+    keys = KeyManager(
+        pg_stores(connect_timeout=1),
+        hasher=CountingHasher(),
+        store_timeout=timeout,
+        cache_ttl=ttl,
+        outage_grace=grace,
+    )
+    service = Service(keys)
+    cached = keys.create(PROJECT, "verified before")
+    uncached = keys.create(PROJECT, "never used")
+    cache_vouched(service, cached.key, ttl)
+    with contextlib.ExitStack() as outage:
+        if fault == "stopped":
+            postgres_server.stop("fast")
+            outage.callback(postgres_server.start)
+        else:
+            outage.enter_context(frozen(postgres_server))
+        down_at = time.monotonic()
+        time.sleep(ttl + 0.2)  # stale, and the feed can not be read
+        served = [service.timed_call(cached.key) for _ in range(5)]
+        for response, _ in served:
+            assert_served(response)
+        # At most the first waits for the store, once.
+        assert sorted(elapsed for _, elapsed in served)[-2] < 0.3
+        assert_unavailable(service.call(uncached.key))
+        time.sleep(max(0.0, down_at + grace - time.monotonic()) + 0.3)
+        assert_unavailable(service.call(cached.key))  # bounded
+    deadline = time.monotonic() + 30
+    while service.call(cached.key).status_code != 200:  # recovers by itself
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert_served(service.call(uncached.key))
+    keys.close()
 
 
 @pytest.mark.postgres
@@ -879,6 +1144,7 @@ def test_management_calls_on_a_frozen_postgresql_end_within_a_bound(
     revoking.wait(30)
     assert ended, "revoke waited for the frozen server"
     assert isinstance(revoking.error, StoreUnavailable)
+    keys.close()  # waits for the revocation still under way
 
 
 @contextlib.contextmanager

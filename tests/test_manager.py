@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -525,7 +526,15 @@ def test_a_store_that_hangs_is_store_unavailable_within_the_timeout(
     cached: bool,
 ) -> None:
     store = HangingStore()
-    keys = KeyManager(store, hasher=CountingHasher(), store_timeout=0.2, cache_ttl=0.01)
+    # No outage grace: a stale key is not bridged from memory here (see
+    # tests/test_faults.py for that).
+    keys = KeyManager(
+        store,
+        hasher=CountingHasher(),
+        store_timeout=0.2,
+        cache_ttl=0.01,
+        outage_grace=0,
+    )
     issued = keys.create("p1", "n")
     if cached:
         keys.authenticate(issued.key)
@@ -838,3 +847,174 @@ def test_the_manager_and_its_helpers_import_nothing_of_http() -> None:
                 imported.update(alias.name for alias in node.names)
         http = {"_http", "middleware", "flask", "werkzeug"}
         assert not {m for m in imported if m.split(".")[-1] in http or m in http}, name
+
+
+# -- close() racing calls and itself ----------------------------------------------
+
+
+class PausingHasher(CountingHasher):
+    """Each verification waits for ``release``: an argon2 run that takes long."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Any:
+        self.entered.set()
+        self.release.wait(10)
+        return super().verify(hash, password)
+
+
+def test_close_waits_one_store_timeout_in_all_not_one_per_pool() -> None:
+    """An argon2 run and a store call both running: close() waits for them
+    until one deadline, not one store_timeout after the other."""
+    timeout = 0.5
+    store = HangingStore()
+    hasher = PausingHasher()
+    keys = KeyManager(store, hasher=hasher, store_timeout=timeout)
+    verifying, listed = keys.create("p1", "verifying"), keys.create("p1", "read")
+    running = threading.Thread(
+        target=lambda: _swallow(keys.authenticate, verifying.key)
+    )
+    running.start()
+    assert hasher.entered.wait(5)
+    store.hanging.set()
+    reading = threading.Thread(target=lambda: _swallow(keys.get, listed.record.id))
+    reading.start()
+    time.sleep(0.1)  # the read is in the store
+    try:
+        started = time.monotonic()
+        keys.close()
+        elapsed = time.monotonic() - started
+    finally:
+        hasher.release.set()
+        store.release.set()
+        running.join(5)
+        reading.join(5)
+    assert elapsed < timeout + 0.3  # two pools one after another: 2 * timeout
+
+
+def _swallow(call: Any, *args: Any) -> None:
+    with contextlib.suppress(StoreUnavailable):
+        call(*args)
+
+
+def test_a_second_close_waits_for_the_first() -> None:
+    timeout = 0.5
+    store = HangingStore()
+    keys = KeyManager(store, hasher=CountingHasher(), store_timeout=timeout)
+    issued = keys.create("p1", "n")
+    store.hanging.set()
+    reading = threading.Thread(target=lambda: _swallow(keys.get, issued.record.id))
+    reading.start()
+    time.sleep(0.1)
+    ended: dict[str, float] = {}
+
+    def close(name: str) -> None:
+        keys.close()
+        ended[name] = time.monotonic()
+
+    try:
+        first = threading.Thread(target=close, args=("first",))
+        first.start()
+        time.sleep(0.1)  # the first close waits for the read
+        close("second")
+        first.join(5)
+    finally:
+        store.release.set()
+        reading.join(5)
+    # The second returned once the first had: the manager was closed then.
+    assert ended["second"] >= ended["first"] - 0.01
+
+
+@pytest.mark.parametrize("call", ["list", "authenticate", "revoke"])
+def test_a_call_racing_close_is_store_unavailable_closed_with_no_warning(
+    memory_store: InMemoryKeyStore, caplog: pytest.LogCaptureFixture, call: str
+) -> None:
+    keys = KeyManager(memory_store, hasher=CountingHasher())
+    issued = keys.create("p1", "n")
+    checked = keys._refuse_if_closed
+
+    def close_right_after_the_check() -> None:
+        checked()
+        keys.close()  # as another thread would, in between
+
+    keys._refuse_if_closed = close_right_after_the_check  # type: ignore[method-assign]
+    calls = {
+        "list": lambda: keys.list("p1"),
+        "authenticate": lambda: keys.authenticate(issued.key),
+        "revoke": lambda: keys.revoke(issued.record.id),
+    }
+    caplog.clear()
+    with pytest.raises(StoreUnavailable, match="this KeyManager is closed"):
+        calls[call]()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_store_call_queued_when_close_comes_is_closed_with_no_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every store thread busy in a hung store, one call waiting for a thread:
+    close() cancels it, and its caller is told the manager closed."""
+    store = HangingStore()
+    keys = KeyManager(store, hasher=CountingHasher(), store_timeout=2)
+    issued = keys.create("p1", "n")
+    store.hanging.set()
+    busy = [
+        threading.Thread(target=lambda: _swallow(keys.get, issued.record.id))
+        for _ in range(8)  # the known-key store threads
+    ]
+    for thread in busy:
+        thread.start()
+    time.sleep(0.2)
+    queued: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            keys.get(issued.record.id)
+        except StoreUnavailable as exc:
+            queued.append(exc)
+
+    waiter = threading.Thread(target=waiting)
+    waiter.start()
+    time.sleep(0.2)
+    caplog.clear()
+    closer = threading.Thread(target=keys.close)
+    closer.start()
+    waiter.join(5)
+    store.release.set()
+    closer.join(5)
+    for thread in busy:
+        thread.join(5)
+    assert [str(exc) for exc in queued] == ["this KeyManager is closed"]
+    cancelled = [r for r in caplog.records if "key store failed" in r.getMessage()]
+    assert len(cancelled) <= 8  # those that were in the store, not the queued one
+
+
+def test_a_failed_rehash_write_logs_one_record(
+    flaky_store: FlakyStore,
+    memory_store: InMemoryKeyStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old = KeyManager(
+        memory_store, hasher=PasswordHasher.from_parameters(profiles.CHEAPEST)
+    )
+    issued = old.create("p1", "n")
+    new = KeyManager(flaky_store, hasher=CountingHasher(profiles.PRE_21_2))
+
+    def set_hash_fails(key_id: str, key_hash: str) -> None:
+        raise OSError("read-only replica")
+
+    flaky_store.set_hash = set_hash_fails  # type: ignore[method-assign]
+    caplog.clear()
+    assert new.authenticate(issued.key) == issued.record
+    problems = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "record_use" not in r.getMessage()
+    ]
+    assert [r.getMessage() for r in problems] == [
+        f"could not store the new hash of key {issued.record.id}"
+    ]
+    assert problems[0].exc_info is not None  # the store's error, attached

@@ -230,7 +230,10 @@ def test_timeouts_of_a_hung_store(
     evidence: Evidence, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = HangingStore()
-    keys = KeyManager(store, hasher=CountingHasher(), store_timeout=0.1, cache_ttl=0)
+    # outage_grace=0: the stale key fails too, rather than being served.
+    keys = KeyManager(
+        store, hasher=CountingHasher(), store_timeout=0.1, cache_ttl=0, outage_grace=0
+    )
     issued = keys.create("p1", "n")
     cached = keys.create("p1", "cached")
     keys.authenticate(cached.key)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import CancelledError
 from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from ._fair import FairWorkers
 from ._secret import Secret
-from ._workers import Workers
+from ._workers import Closed
 from .errors import StoreUnavailable
 
 __all__ = ["Argon2Threads", "Verdict"]
@@ -20,6 +23,9 @@ __all__ = ["Argon2Threads", "Verdict"]
 logger = logging.getLogger("vemetric_auth")
 
 _T = TypeVar("_T")
+# The lane of hashes of new keys (see Argon2Threads.hash); a display prefix,
+# the lane of a verification, is never empty.
+_NEW_KEYS = ""
 
 
 class Verdict(enum.Enum):
@@ -38,6 +44,14 @@ class Verdict(enum.Enum):
 class Argon2Threads:
     """Hashes and verifies keys with *hasher*, at most *size* at once.
 
+    The threads are shared fairly between keys: verifications wait in one
+    lane per display prefix, and a thread that comes free serves the lanes
+    in turn (see :class:`~vemetric_auth._fair.FairWorkers`). A flood of
+    wrong secrets for one prefix then delays the first verification of
+    another key by about one argon2 run, not by the whole flood. A caller
+    waits for a thread until its deadline at most; a run that started is
+    waited for (it ends by itself).
+
     The functions run on the threads return every outcome as a value, never
     as an exception: an exception raised in argon2 carries argon2's frames,
     whose locals hold the plaintext, into the caller's traceback and from
@@ -46,35 +60,71 @@ class Argon2Threads:
 
     def __init__(self, hasher: PasswordHasher, size: int) -> None:
         self.hasher = hasher
-        self._workers = Workers(size, "vemetric-auth-argon2")
+        self._workers = FairWorkers(size, "vemetric-auth-argon2")
+        self._warned_at = -float("inf")
 
-    def verify(self, key_hash: str, secret: Secret) -> tuple[Verdict, str | None]:
+    def verify(
+        self,
+        key_hash: str,
+        secret: Secret,
+        *,
+        lane: Hashable,
+        deadline: float | None = None,
+    ) -> tuple[Verdict, str | None]:
         """Return the verdict on the key, and a new hash if its hash needs one.
 
-        :raises StoreUnavailable: the threads are closed.
+        :param lane: The key's display prefix: verifications of one prefix
+            wait in line, and the prefixes take turns.
+        :param deadline: When to give up (monotonic); ``None``: never.
+        :raises StoreUnavailable: no answer before *deadline*, or the threads
+            are closed.
         """
-        return self._run(self._verify, key_hash, secret)
+        return self._run(lane, deadline, self._verify, key_hash, secret)
 
-    def hash(self, secret: Secret) -> str | None:
+    def hash(self, secret: Secret, *, deadline: float | None = None) -> str | None:
         """Return the hash of a new key, or ``None`` if argon2 failed.
 
-        :raises StoreUnavailable: the threads are closed.
+        :raises StoreUnavailable: no answer before *deadline* (monotonic;
+            ``None``: never), or the threads are closed.
         """
-        return self._run(self._hash, secret)
+        return self._run(_NEW_KEYS, deadline, self._hash, secret)
+
+    def stop(self) -> list[threading.Thread]:
+        """Refuse new calls; see :meth:`FairWorkers.stop`."""
+        return self._workers.stop()
 
     def close(self, timeout: float | None) -> None:
-        """End the threads; see :meth:`Workers.close`."""
+        """End the threads; see :meth:`FairWorkers.close`."""
         self._workers.close(timeout)
 
-    def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+    def _run(
+        self, lane: Hashable, deadline: float | None, fn: Callable[..., _T], *args: Any
+    ) -> _T:
+        timeout = None if deadline is None else deadline - time.monotonic()
         try:
-            return self._workers.run(fn, *args)
-        except (RuntimeError, CancelledError) as exc:
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("no time left for argon2")
+            return self._workers.run(lane, fn, *args, timeout=timeout)
+        except (Closed, CancelledError) as exc:
             # Closed, before or during the call: the threads are gone.
             raise StoreUnavailable("this KeyManager is closed") from exc
         except TimeoutError as exc:
-            # No thread could be started for the call: fail closed, for now.
-            raise StoreUnavailable("argon2 could not be run") from exc
+            # Busy with others (a flood), or no thread could be started:
+            # fail closed, for now.
+            self._warn_busy()
+            raise StoreUnavailable("argon2 could not be run in time") from exc
+
+    def _warn_busy(self) -> None:
+        # Once a minute at most: a flood makes thousands of these. (No lock:
+        # two threads logging it at once is no harm.)
+        now = time.monotonic()
+        if now < self._warned_at + 60.0:
+            return
+        self._warned_at = now
+        logger.warning(
+            "argon2 could not verify a key in time (all threads busy), answering "
+            "503; logged once a minute at most"
+        )
 
     def _verify(self, key_hash: str, secret: Secret) -> tuple[Verdict, str | None]:
         hasher = self.hasher

@@ -89,7 +89,8 @@ class LastUse:
             return due
         if self._record_use is None:
             self._warn_once()
-            return math.inf
+            # Still due once a minute: the change feed counts on such uses.
+            return now + SPACING
         stamp = datetime.now(timezone.utc)
         with self._lock:
             if self._closed:

@@ -15,12 +15,20 @@ from typing import Any, TypeVar
 
 from ._fork import reset_in_child
 
-__all__ = ["Workers"]
+__all__ = ["Closed", "Workers", "join_all"]
 
 logger = logging.getLogger("vemetric_auth")
 
 _T = TypeVar("_T")
 _Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class Closed(RuntimeError):
+    """The worker threads are closed: the call was not run.
+
+    Its own class, so that a caller can tell it from a :exc:`RuntimeError`
+    the call itself raised.
+    """
 
 
 class Workers:
@@ -71,12 +79,12 @@ class Workers:
 
         :raises TimeoutError: the backlog is full, or no thread could be
             started to run the call.
-        :raises RuntimeError: the pool is closed.
+        :raises Closed: the pool is closed.
         """
         future: Future[_T] = Future()
         with self._lock:
             if self._closed:
-                raise RuntimeError("the worker threads are closed")
+                raise Closed("the worker threads are closed")
             if (
                 self._backlog is not None
                 and self._pending >= self._size + self._backlog
@@ -162,7 +170,7 @@ class Workers:
         :raises TimeoutError: no result within *timeout* seconds, or the
             backlog is full. The call is dropped if it had not started; one
             that did runs on, unwaited.
-        :raises RuntimeError: the pool is closed.
+        :raises Closed: the pool is closed.
         :raises concurrent.futures.CancelledError: the pool was closed before
             the call started.
         """
@@ -174,16 +182,13 @@ class Workers:
                 future.add_done_callback(functools.partial(_call_late, late))
             raise TimeoutError(f"no answer within {timeout} seconds") from None
 
-    def close(self, timeout: float | None = None) -> None:
-        """End the threads; calls not yet started are cancelled.
-
-        Waits at most *timeout* seconds for calls already running to end; a
-        thread still in one then ends when it returns. Closing again does
-        nothing.
-        """
+    def stop(self) -> list[threading.Thread]:
+        """Refuse new calls, cancel those not started, and ask the threads to
+        end; return them, for the caller to join (see :func:`join_all`).
+        Stopping again returns ``[]``."""
         with self._lock:
             if self._closed:
-                return
+                return []
             self._closed = True
             while True:
                 try:
@@ -197,10 +202,25 @@ class Workers:
             threads = list(self._threads)
             for _ in threads:
                 self._queue.put(None)
-        end = None if timeout is None else time.monotonic() + timeout
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        return threads
+
+    def close(self, timeout: float | None = None) -> None:
+        """End the threads; calls not yet started are cancelled.
+
+        Waits at most *timeout* seconds for calls already running to end; a
+        thread still in one then ends when it returns. Closing again does
+        nothing.
+        """
+        join_all(self.stop(), None if timeout is None else time.monotonic() + timeout)
+
+
+def join_all(threads: list[threading.Thread], deadline: float | None) -> None:
+    """Wait for *threads* to end, until *deadline* (monotonic) at the latest."""
+    for thread in threads:
+        if thread is not threading.current_thread():
+            thread.join(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
 
 
 def _call_late(late: Callable[[Any], object], future: Future[Any]) -> None:

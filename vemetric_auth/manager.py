@@ -18,12 +18,14 @@ from typing import Any, cast
 from argon2 import PasswordHasher
 
 from ._argon2 import Argon2Threads
-from ._cache import VerifiedKeys
+from ._cache import Verified, VerifiedKeys
+from ._feed import ChangeFeed, has_change_feed
 from ._fork import reset_in_child
 from ._last_use import LastUse
 from ._secret import Secret
 from ._store_calls import StoreCalls
 from ._verifier import Verifier
+from ._workers import join_all
 from .errors import (
     DuplicatePrefix,
     InvalidApiKeyFormat,
@@ -76,9 +78,11 @@ class KeyManager:
         one of this hasher's after their first successful verification.
     :param cache_ttl: Seconds a verified key is served from memory before its
         record is read again (one lookup, no argon2) to see whether it was
-        revoked elsewhere. ``0`` reads it on every request. A key's expiry
-        is not bounded by it: an expired key is refused from the instant
-        its :attr:`~ApiKey.expires_at` comes, cached or not.
+        revoked elsewhere. ``0`` reads it on every request. On a store with
+        a change feed (see below) it is only the fallback bound, for when
+        the feed can not be read. A key's expiry is not bounded by it: an
+        expired key is refused from the instant its
+        :attr:`~ApiKey.expires_at` comes, cached or not.
     :param cache_size: How many verified keys are remembered, least recently
         used first out.
     :param max_verifications: How many argon2 computations may run at once;
@@ -90,7 +94,35 @@ class KeyManager:
         (:class:`StoreUnavailable`), whatever the store does: a database that
         stops answering can not hang the request threads. Store calls then run
         on a few threads of their own. ``None`` calls the store directly and
-        relies on its own timeouts.
+        relies on its own timeouts. argon2 waits for a thread as long at most.
+    :param outage_grace: Seconds into an outage of the store that keys this
+        process verified before are still served from memory (re-read
+        in the background, answered as soon as the store is back); keys it
+        never verified get ``503`` meanwhile. Counted from the last read of
+        the change feed, so it needs a store with one; ``0`` turns it off.
+        The default, 300 s, outlasts a database restart or failover, and is
+        safe because no revocation can be written while the store is down,
+        and the feed delivered every revocation made up to the outage. It is
+        bounded because a process cut off from a store that others still
+        write to (a network partition) would miss revocations for as long.
+
+    On a store with a change feed (the SQL and in-memory stores; see
+    :class:`~vemetric_auth.stores.base.ChangeFeedKeyStore`), a daemon thread
+    of the manager's own reads the feed about twice a second, or at once
+    when the store's listener says a change came (PostgreSQL's ``NOTIFY``),
+    and evicts each key revoked, rolled or re-dated in any process: a key
+    revoked anywhere is refused here within about a second, whatever
+    :attr:`cache_ttl` is, at the cost of one small query per interval
+    however many keys there are. A cached key older than ``cache_ttl`` is
+    then still served, as the feed vouches for it, and re-read in the
+    background. Should the feed fail, a WARNING says so (once per outage)
+    and ``cache_ttl`` bounds again how long a revocation takes to show.
+
+    Floods: lookups of keys this process never verified run on store
+    threads of their own, so a flood of random keys never delays a key it
+    knows; argon2 threads take turns between display prefixes, so a flood of
+    wrong secrets for one key delays another key's first verification by
+    about one argon2 run.
 
     argon2 and store calls run on a few daemon threads of the manager's own,
     started on demand. Each ends after 30 seconds without work, so a manager
@@ -133,6 +165,7 @@ class KeyManager:
         cache_size: int = 10_000,
         max_verifications: int | None = None,
         store_timeout: float | None = 5.0,
+        outage_grace: float = 300.0,
     ) -> None:
         if hasher is not None and not isinstance(hasher, PasswordHasher):
             raise TypeError("hasher must be an argon2.PasswordHasher")
@@ -145,6 +178,7 @@ class KeyManager:
         )
         if store_timeout is not None:
             store_timeout = _setting("store_timeout", store_timeout, above=True)
+        self._outage_grace = float(_setting("outage_grace", outage_grace))
         self._store = store
         self._call_store: StoreCalls = StoreCalls(store, store_timeout)
         self._argon2 = Argon2Threads(
@@ -152,8 +186,19 @@ class KeyManager:
         )
         self._cache = VerifiedKeys(cache_size)
         self._last_use = LastUse(self._call_store)
+        self._feed = (
+            ChangeFeed(cast(Any, store), self._cache)
+            if has_change_feed(store)
+            else None
+        )
         self._verifier = Verifier(
-            self._call_store, self._argon2, self._cache, self._cache_ttl, self._last_use
+            self._call_store,
+            self._argon2,
+            self._cache,
+            self._cache_ttl,
+            self._last_use,
+            feed=self._feed,
+            outage_grace=self._outage_grace,
         )
         # What KeyManager.roll and pending creation need, checked once.
         self._missing_roll = tuple(
@@ -168,6 +213,8 @@ class KeyManager:
         self._clock_lock = threading.Lock()
         self._last_created: datetime | None = None
         self._closed = False
+        self._close_lock = threading.Lock()
+        self._close_done: threading.Event | None = None
         reset_in_child(self)
 
     def _after_fork(self) -> None:
@@ -175,6 +222,7 @@ class KeyManager:
         # cache, turns, last use and threads reset themselves.)
         self._clock_lock = threading.Lock()
         self._pending_lock = threading.Lock()
+        self._close_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<KeyManager store={self._store!r} cache_ttl={self._cache_ttl}>"
@@ -200,6 +248,11 @@ class KeyManager:
         return self._call_store.timeout
 
     @property
+    def outage_grace(self) -> float:
+        """Seconds into a store outage that keys verified before are served."""
+        return self._outage_grace
+
+    @property
     def max_verifications(self) -> int:
         """How many argon2 computations may run at once."""
         return self._max_verifications
@@ -211,23 +264,45 @@ class KeyManager:
         forget the keys it verified.
 
         Waits for argon2 and store calls already running to end, at most
-        :attr:`store_timeout` seconds; calls not yet started are dropped.
-        Closing again does nothing. The store is left open: it may be shared.
-        A manager that is not closed writes its stamps at interpreter exit.
+        :attr:`store_timeout` seconds in all; calls not yet started are
+        dropped. Closing again does nothing, but waits for a close under way
+        in another thread. The store is left open: it may be shared. A
+        manager that is not closed writes its stamps at interpreter exit.
 
         A closed manager refuses every later call that would need the store
         or argon2, :meth:`authenticate` included, with
         :class:`StoreUnavailable` (``503`` over HTTP): it never lets a request
         through, and the HTTP layer answers as for a store outage.
         """
-        if self._closed:
+        timeout = self._call_store.timeout
+        with self._close_lock:
+            done = self._close_done
+            if done is None:
+                done = self._close_done = threading.Event()
+                first = True
+            else:
+                first = False
+            self._closed = True
+        if not first:
+            # Another thread closes: return once it has (it is bounded by the
+            # same deadline).
+            done.wait(None if timeout is None else timeout + 1.0)
             return
-        self._closed = True
-        # Before the store calls close: the stamps are written through them.
-        self._last_use.close(self._call_store.timeout)
-        self._cache.close()
-        self._argon2.close(self._call_store.timeout)
-        self._call_store.close(self._call_store.timeout)
+        try:
+            # One deadline for everything close() waits for.
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._call_store.closing_deadline = deadline
+            # Before the store calls stop: the stamps are written through them.
+            self._last_use.close(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
+            threads = self._feed.stop() if self._feed is not None else []
+            self._cache.close()
+            threads += self._argon2.stop()
+            threads += self._call_store.stop()
+            join_all(threads, deadline)
+        finally:
+            done.set()
 
     def __enter__(self) -> KeyManager:
         return self
@@ -239,6 +314,13 @@ class KeyManager:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _hit(self, entry: Verified, now: float) -> None:
+        """A use at *now* of a key served from the cache's fast path, once a
+        minute per key: a last-use stamp, and the change feed kept going."""
+        self._last_use.hit(entry, now)
+        if self._feed is not None:
+            self._feed.touch(now)
 
     def _refuse_if_closed(self) -> None:
         if self._closed:
@@ -320,9 +402,9 @@ class KeyManager:
         works (it is revoked).
 
         The old key fails this manager's very next :meth:`authenticate` once
-        it is expired or revoked; other processes see its new expiry within
-        :attr:`cache_ttl` seconds (a revocation within 1 second on a store
-        with a change feed).
+        it is expired or revoked; other processes see the change within
+        about a second on a store with a change feed, within
+        :attr:`cache_ttl` seconds on one without.
 
         :param pending: Store the new key inactive and change nothing else:
             the roll happens when :meth:`activate` is given the result (the
@@ -558,7 +640,11 @@ class KeyManager:
                 if inactive
                 else record
             )
-            key_hash = self._argon2.hash(secret)
+            timeout = self._call_store.timeout
+            key_hash = self._argon2.hash(
+                secret,
+                deadline=None if timeout is None else time.monotonic() + timeout,
+            )
             if key_hash is None:
                 raise StoreUnavailable("argon2 could not hash the new key")
             try:
@@ -656,8 +742,10 @@ class KeyManager:
         """Revoke *key_id* for good and return its record.
 
         The key fails this manager's very next :meth:`authenticate`; other
-        processes sharing the store stop accepting it within :attr:`cache_ttl`
-        seconds. Revoking a revoked key changes nothing and returns its record
+        processes sharing the store stop accepting it within about a second
+        on a store with a change feed (the SQL stores), within
+        :attr:`cache_ttl` seconds on one without, or while the feed can not
+        be read. Revoking a revoked key changes nothing and returns its record
         as it is. A key pending activation (see :meth:`activate`) can no
         longer be activated.
 
@@ -737,7 +825,7 @@ class KeyManager:
             now = time.monotonic()
             if now < entry.fresh_until:
                 if now >= entry.stamp_due:
-                    self._last_use.hit(entry, now)
+                    self._hit(entry, now)
                 return entry.record
         secret = Secret(key)
         del key
@@ -769,7 +857,7 @@ class KeyManager:
             now = time.monotonic()
             if now < entry.fresh_until:
                 if now >= entry.stamp_due:
-                    self._last_use.hit(entry, now)
+                    self._hit(entry, now)
                 return entry.record
         return None
 
@@ -784,7 +872,7 @@ class KeyManager:
             now = time.monotonic()
             if now < entry.fresh_until:
                 if now >= entry.stamp_due:
-                    self._last_use.hit(entry, now)
+                    self._hit(entry, now)
                 return entry.record
         # The cold path: from here on the key travels hidden, and this frame,
         # which any error below passes through, no longer holds it.

@@ -134,6 +134,10 @@ def _engine_arguments(
         "hide_parameters": True,
         # Waiting for a free pooled connection is bounded too.
         "pool_timeout": connect_timeout,
+        # 5 kept, up to 25 under load: a KeyManager calls the store on up to
+        # 17 threads at once (8 lookups of unknown keys, 8 other calls, the
+        # change feed), and none should wait for another's connection.
+        "max_overflow": 20,
     }
     connect_args: dict[str, Any] = {}
     backend = url.get_backend_name()
@@ -145,7 +149,7 @@ def _engine_arguments(
         if _is_memory_sqlite(url):
             # One connection, so that every thread sees the one database.
             arguments["poolclass"] = StaticPool
-            del arguments["pool_timeout"]
+            del arguments["pool_timeout"], arguments["max_overflow"]
         else:
             # How long a write waits for another connection's lock.
             connect_args["timeout"] = statement_timeout

@@ -412,7 +412,7 @@ class SQLKeyStore:
         that finds the table created (or the columns added) meanwhile
         carries on.
         """
-        with self._turns, self._engine.connect() as connection:
+        with self._turns, _connected(self._engine) as connection:
             create_missing_table(connection, self._table, self._dialect_name)
             add_missing_columns(connection, self._table, self._dialect_name)
             # A table made before the change feed: its log comes now.
@@ -429,7 +429,7 @@ class SQLKeyStore:
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
         self._ensure_table()
-        with self._turns, self._reader.connect() as connection:
+        with self._turns, _connected(self._reader) as connection:
             yield connection
 
     @contextlib.contextmanager
@@ -439,7 +439,11 @@ class SQLKeyStore:
         # reads first could not write once another connection has.
         self._ensure_table()
         try:
-            with self._turns, self._engine.begin() as connection:
+            with (
+                self._turns,
+                _connected(self._engine) as connection,
+                connection.begin(),
+            ):
                 if exclusive and self._dialect_name == "sqlite":
                     _begin_immediate(connection)
                 yield connection
@@ -903,6 +907,24 @@ def _record(row: Any) -> ApiKey:
         expires_at=row.expires_at,
         last_used_at=row.last_used_at,
     )
+
+
+@contextlib.contextmanager
+def _connected(engine: Engine) -> Iterator[Connection]:
+    """``engine.connect()``; a connection taken from a pool that
+    :meth:`SQLKeyStore.close` disposed meanwhile is closed when given back.
+
+    Disposing of a pool closes the connections in it, not those in use: one
+    given back afterwards would stay in the old pool, its session open,
+    until the garbage collector finds it (psycopg then warns).
+    """
+    pool = engine.pool
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        if engine.pool is not pool:
+            pool.dispose()
 
 
 def _begin_immediate(connection: Connection) -> None:
