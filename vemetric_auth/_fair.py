@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -13,11 +12,10 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, TypeVar
 
 from ._fork import reset_in_child
-from ._workers import Closed, Workers, join_all
+from ._workers import Closed, Workers, join_all, start_worker
 
 __all__ = ["FairWorkers"]
 
-logger = logging.getLogger("vemetric_auth")
 
 _T = TypeVar("_T")
 _Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
@@ -97,21 +95,9 @@ class FairWorkers:
         return future.result()
 
     def _start_thread(self) -> None:
-        # Under self._lock, before the call is queued: see Workers._start_thread.
-        thread = threading.Thread(
-            target=self._work,
-            name=f"{self._name}-{next(self._numbers)}",
-            daemon=True,
-        )
-        try:
-            thread.start()
-        except RuntimeError:
-            if self._threads:
-                logger.warning("could not start another %s thread", self._name)
-                return
-            raise TimeoutError(f"could not start a {self._name} thread") from None
-        self._threads.add(thread)
-        self._waiting += 1
+        # Under self._lock, before the call is queued.
+        if start_worker(self._name, self._numbers, self._work, self._threads):
+            self._waiting += 1
 
     def _next_call(self) -> _Call | None:
         """The next call to run, in turn; ``None``: end this thread."""

@@ -8,14 +8,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any, TypeVar
 
 from ._fork import reset_in_child
 
-__all__ = ["Closed", "Workers", "join_all"]
+__all__ = ["Closed", "Workers", "join_all", "start_worker"]
 
 logger = logging.getLogger("vemetric_auth")
 
@@ -29,6 +29,38 @@ class Closed(RuntimeError):
     Its own class, so that a caller can tell it from a :exc:`RuntimeError`
     the call itself raised.
     """
+
+
+def start_worker(
+    name: str,
+    numbers: Iterator[int],
+    target: Callable[[], None],
+    threads: set[threading.Thread],
+) -> bool:
+    """Start a daemon thread running *target*, named ``name-N``, and add it
+    to *threads*; return whether it started.
+
+    Called under the pool's lock, before the call is queued: a thread that
+    can not start (a process or container at its thread limit) then leaves
+    the pool's counts as they were, instead of counting a thread that never
+    takes a call and stalling the pool for good.
+
+    :raises TimeoutError: no thread could be started, and *threads* has none
+        to take the call in its turn.
+    """
+    thread = threading.Thread(
+        target=target, name=f"{name}-{next(numbers)}", daemon=True
+    )
+    try:
+        thread.start()
+    except RuntimeError:
+        if threads:
+            # The threads there are will take the call in their turn.
+            logger.warning("could not start another %s thread", name)
+            return False
+        raise TimeoutError(f"could not start a {name} thread") from None
+    threads.add(thread)
+    return True
 
 
 class Workers:
@@ -98,25 +130,9 @@ class Workers:
         return future
 
     def _start_thread(self) -> None:
-        # Under self._lock, before the call is queued: a thread that can not
-        # start (a process or container at its thread limit) then leaves the
-        # counts as they were, instead of counting a thread that never takes
-        # a call and stalling the pool for good.
-        thread = threading.Thread(
-            target=self._work,
-            name=f"{self._name}-{next(self._numbers)}",
-            daemon=True,
-        )
-        try:
-            thread.start()
-        except RuntimeError:
-            if self._threads:
-                # The threads there are will take the call in their turn.
-                logger.warning("could not start another %s thread", self._name)
-                return
-            raise TimeoutError(f"could not start a {self._name} thread") from None
-        self._threads.add(thread)
-        self._waiting += 1
+        # Under self._lock, before the call is queued.
+        if start_worker(self._name, self._numbers, self._work, self._threads):
+            self._waiting += 1
 
     def _work(self) -> None:
         while True:
